@@ -1,0 +1,7 @@
+"""loraft: fine-tune GPT-2 with LoRA or full fine-tuning, and see what LoRA bought you."""
+
+from loraft.errors import LoraftError
+from loraft.recipe import Recipe, load_recipe
+
+__all__ = ["LoraftError", "Recipe", "load_recipe"]
+__version__ = "0.1.0"

@@ -1,0 +1,126 @@
+"""Models: load or build GPT-2, apply the method (full | lora | head), count parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    GPT2Config,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.pytorch_utils import Conv1D
+
+from loraft.errors import LoraftError
+from loraft.recipe import Recipe, ScratchConfig
+from loraft.tokenizer import load_tokenizer, train_byte_level_bpe
+
+HEAD_MODULE = "score"  # GPT2ForSequenceClassification's output layer: what `method: head` trains
+
+
+def build_tokenizer(recipe: Recipe, texts: Iterable[str]) -> PreTrainedTokenizerBase:
+    """The recipe's tokenizer: named, the checkpoint's own, or a BPE trained on `texts`."""
+    source = recipe.model.tokenizer or recipe.model.name
+    if source:
+        return load_tokenizer(source, recipe.model.revision, recipe.model.trust_remote_code)
+    return train_byte_level_bpe(texts, recipe.model.tokenizer_vocab_size)
+
+
+def build_model(
+    recipe: Recipe, kind: str, tokenizer: PreTrainedTokenizerBase, num_labels: int = 0
+) -> torch.nn.Module:
+    """The base model for a task kind, with the recipe's method applied."""
+    base = _base_model(recipe, kind, tokenizer, num_labels)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    return apply_method(base, recipe, kind)
+
+
+def _base_model(
+    recipe: Recipe, kind: str, tokenizer: PreTrainedTokenizerBase, num_labels: int
+) -> PreTrainedModel:
+    head_options = {"num_labels": num_labels} if kind == "classification" else {}
+    auto = AutoModelForSequenceClassification if kind == "classification" else AutoModelForCausalLM
+    if recipe.model.config is not None:
+        torch.manual_seed(recipe.train.seed)
+        return auto.from_config(scratch_config(recipe.model.config, tokenizer), **head_options)
+    try:
+        return auto.from_pretrained(
+            recipe.model.name,
+            revision=recipe.model.revision,
+            trust_remote_code=recipe.model.trust_remote_code,
+            use_safetensors=None,
+            **head_options,
+        )
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise LoraftError(f"model.name: cannot load '{recipe.model.name}': {reason}") from None
+
+
+def scratch_config(shape: ScratchConfig, tokenizer: PreTrainedTokenizerBase) -> GPT2Config:
+    """A GPT-2 config of the recipe's shape, sized to the tokenizer's vocabulary."""
+    return GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=shape.n_positions,
+        n_embd=shape.n_embd,
+        n_layer=shape.n_layer,
+        n_head=shape.n_head,
+        resid_pdrop=shape.dropout,
+        embd_pdrop=shape.dropout,
+        attn_pdrop=shape.dropout,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
+def apply_method(model: PreTrainedModel, recipe: Recipe, kind: str) -> torch.nn.Module:
+    """full: train everything; lora: peft adapters (plus the classifier); head: output layer only."""
+    if recipe.method == "full":
+        model.requires_grad_(True)
+        return model
+    if recipe.method == "head":
+        model.requires_grad_(False)
+        getattr(model, HEAD_MODULE).requires_grad_(True)
+        return model
+    return get_peft_model(model, lora_config(model, recipe, kind))
+
+
+def lora_config(model: PreTrainedModel, recipe: Recipe, kind: str) -> LoraConfig:
+    """PEFT's LoRA config; GPT-2's Conv1D layers store weights transposed (fan_in_fan_out)."""
+    targets = recipe.lora.target_modules
+    matched = [m for name, m in model.named_modules() if name.split(".")[-1] in targets]
+    known = sorted({name.split(".")[-1] for name, _ in model.named_modules() if name})
+    if not matched:
+        raise LoraftError(
+            f"lora.target_modules: {targets} match no module of the model; "
+            f"module names include {', '.join(n for n in known if not n.isdigit())}"
+        )
+    task_type = TaskType.SEQ_CLS if kind == "classification" else TaskType.CAUSAL_LM
+    return LoraConfig(
+        task_type=task_type,
+        r=recipe.lora.r,
+        lora_alpha=recipe.lora.alpha,
+        lora_dropout=recipe.lora.dropout,
+        target_modules=targets,
+        bias=recipe.lora.bias,
+        fan_in_fan_out=all(isinstance(module, Conv1D) for module in matched),
+    )
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) exactly as PEFT counts them (its own method for PEFT models)."""
+    if isinstance(model, PeftModel):
+        return model.get_nb_trainable_parameters()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def describe_parameters(trainable: int, total: int) -> str:
+    """The one-line parameter report printed at the start of every run."""
+    return (
+        f"trainable params: {trainable:,d} || all params: {total:,d} || "
+        f"trainable%: {100 * trainable / total:.4f}"
+    )

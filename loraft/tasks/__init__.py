@@ -1,0 +1,24 @@
+"""Tasks by name: the only place that maps a recipe's `task` to its implementation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loraft.recipe import Recipe
+from loraft.tasks.base import Task
+from loraft.tasks.news import NewsTask
+from loraft.tasks.persona import PersonaTask
+from loraft.tasks.sonnets import SonnetsTask
+from loraft.tasks.text import TextTask
+
+TASK_CLASSES: dict[str, type[Task]] = {
+    "news": NewsTask,
+    "persona": PersonaTask,
+    "sonnets": SonnetsTask,
+    "text": TextTask,
+}
+
+
+def build_task(recipe: Recipe, roots: list[Path]) -> Task:
+    """The task object for a recipe."""
+    return TASK_CLASSES[recipe.task](recipe, roots)

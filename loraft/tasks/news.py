@@ -1,0 +1,50 @@
+"""News-style text generation on AG News: each article is `title` + newline + `description`."""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import ClassVar
+
+import datasets
+
+from loraft.data import column_for, require_columns
+from loraft.errors import LoraftError
+from loraft.tasks.causal_lm import CausalLMTask
+
+AG_NEWS_COLUMNS = ["class", "title", "description"]
+
+
+class NewsTask(CausalLMTask):
+    """AG News rows (`"class","title","description"`, no header) or any table with a text column.
+
+    Hub copies of AG News (fancyzhx/ag_news) have a single `text` column; it is used as is.
+    """
+
+    generation_prompt_words: ClassVar[int] = 12  # the held-out article's head used as prompt
+
+    def column_names(self) -> list[str] | None:
+        return None if self.recipe.data.columns else AG_NEWS_COLUMNS
+
+    def rows_from_table(self, table: datasets.Dataset, where: str) -> datasets.Dataset:
+        data = self.recipe.data
+        text_column = column_for(data, "text")
+        if text_column in table.column_names:
+            fields = [text_column]
+        else:
+            fields = [column_for(data, "title"), column_for(data, "description")]
+            require_columns(table, fields, where)
+
+        def to_text(row: dict, index: int) -> dict[str, str]:
+            parts = [row[field] for field in fields]
+            if not all(isinstance(part, str) for part in parts) or not "".join(parts).strip():
+                raise LoraftError(f"{where}: row {index + 1}: expected text in {', '.join(fields)}")
+            return {"text": clean_ag_news("\n".join(part.strip() for part in parts))}
+
+        return table.map(to_text, with_indices=True, remove_columns=table.column_names, keep_in_memory=True)
+
+
+def clean_ag_news(text: str) -> str:
+    """Undo AG News escapes: `\\` for a line break, `#39;` for an apostrophe, HTML entities."""
+    text = re.sub(r" ?#(\d+);", lambda match: chr(int(match.group(1))), text.replace("\\", " "))
+    return re.sub(r"[ \t]+", " ", html.unescape(text)).strip()

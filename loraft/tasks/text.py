@@ -1,0 +1,53 @@
+"""Plain text (tiny Shakespeare) for training a mini GPT-2 from scratch, packed into blocks."""
+
+from __future__ import annotations
+
+import datasets
+from transformers import PreTrainedTokenizerBase
+from trl import pack_dataset
+
+from loraft.data import read_text, require_data_file
+from loraft.errors import LoraftError
+from loraft.tasks.causal_lm import CausalLMTask
+
+
+class TextTask(CausalLMTask):
+    """A text file split at blank lines into passages; the eval split is the file's last part.
+
+    Passages are tokenized and packed end to end into `data.max_length` blocks ("wrapped"
+    packing): the file is one continuous text, so a block spanning two passages is faithful.
+    """
+
+    def load_rows(self) -> tuple[datasets.Dataset, datasets.Dataset]:
+        data = self.recipe.data
+        if not data.train:
+            raise LoraftError("data.train: the text task needs a text file")
+        passages = _passages(read_text(require_data_file("data.train", data.train, self.roots)))
+        if data.eval:
+            evaluation = _passages(read_text(require_data_file("data.eval", data.eval, self.roots)))
+        else:
+            held_out = max(1, round(len(passages) * data.eval_fraction))
+            passages, evaluation = passages[:-held_out], passages[-held_out:]
+        if not passages:
+            raise LoraftError(f"data.train: '{data.train}' is too short to hold out an eval split")
+        return (
+            datasets.Dataset.from_dict({"text": passages}),
+            datasets.Dataset.from_dict({"text": evaluation}),
+        )
+
+    def tokenize(self, rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> datasets.Dataset:
+        encoded = rows.map(
+            lambda row: {"input_ids": tokenizer(row["text"] + "\n\n")["input_ids"]},
+            remove_columns=rows.column_names,
+            keep_in_memory=True,
+        )
+        return pack_dataset(
+            encoded,
+            self.recipe.data.max_length,
+            strategy="wrapped",
+            map_kwargs={"keep_in_memory": True},
+        )
+
+
+def _passages(text: str) -> list[str]:
+    return [passage.strip() for passage in text.split("\n\n") if passage.strip()]
