@@ -22,12 +22,12 @@ app = typer.Typer(
 )
 
 RecipeArg = Annotated[Path, typer.Argument(help="recipe YAML file", show_default=False)]
-Overrides = Annotated[
-    list[str] | None, typer.Argument(help="dotted overrides, e.g. train.lr=3e-4 lora.r=16")
-]
+Overrides = Annotated[list[str] | None, typer.Argument(help="dotted overrides, e.g. train.lr=3e-4 lora.r=16")]
 DataRoot = Annotated[
     Path | None,
-    typer.Option("--data-root", help="where recipe data files are looked up first", envvar="LORAFT_DATA_ROOT"),
+    typer.Option(
+        "--data-root", help="where recipe data files are looked up first", envvar="LORAFT_DATA_ROOT"
+    ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
@@ -43,8 +43,8 @@ def train(
     from loraft.recipe import load_recipe
     from loraft.trainer import train_recipe
 
-    summary = train_recipe(load_recipe(recipe, overrides), data_root, overwrite)
-    typer.echo(_summary_lines(summary))
+    result = train_recipe(load_recipe(recipe, overrides), data_root, overwrite)
+    typer.echo(_summary_lines(result.summary))
 
 
 @app.command()
@@ -74,6 +74,25 @@ def plan(recipe: RecipeArg, overrides: Overrides = None, as_json: JsonFlag = Fal
     typer.echo(json.dumps(result, indent=2) if as_json else format_plan(result))
 
 
+@app.command("eval")
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `loraft train`")],
+    overrides: Overrides = None,
+    checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
+    data_root: DataRoot = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Re-evaluate a saved run (LoRA adapter, head-only or full) and print its metrics."""
+    from loraft.evaluation import evaluate_run
+
+    metrics = evaluate_run(run_dir, overrides, checkpoint, data_root)
+    typer.echo(json.dumps(metrics, indent=2) if as_json else _metric_lines(metrics))
+
+
+def _metric_lines(metrics: dict) -> str:
+    return "\n".join(f"{key:<24}{value}" for key, value in metrics.items())
+
+
 def _summary_lines(summary: dict) -> str:
     final = ", ".join(
         f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}"
@@ -88,8 +107,21 @@ def _summary_lines(summary: dict) -> str:
     )
 
 
+def _quiet_libraries() -> None:
+    """Hide the libraries' per-file progress bars and advisory warnings; ours show progress."""
+    import warnings
+
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
 def main() -> None:
     """Entry point: run the app, turning user mistakes into one line and exit code 2."""
+    _quiet_libraries()
     try:
         app()
     except LoraftError as error:

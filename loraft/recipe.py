@@ -23,7 +23,7 @@ GPT2_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 class Section(BaseModel):
     """A recipe section: unknown keys are errors, never silently dropped."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid")
 
 
 class ScratchConfig(Section):
@@ -58,7 +58,7 @@ class ModelSection(Section):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSection:
-        if self.config is not None and self.name not in (None, "gpt2"):
+        if self.config is not None and self.name and "name" in self.model_fields_set:
             raise ValueError("give either model.name (a checkpoint) or model.config (from scratch)")
         if self.config is not None:
             self.name = None
@@ -100,6 +100,7 @@ class DataSection(Section):
     template: str | None = Field(None, description="task-specific text template (see the task)")
     labels: list[str] | None = Field(None, description="classification: the label names, in order")
     predict: str | None = Field(None, description="classification: unlabelled file to predict")
+    prompts: str | None = Field(None, description="generation prompts (sonnets: first 3 lines of each)")
 
 
 class TrainSection(Section):
@@ -122,6 +123,7 @@ class TrainSection(Section):
 
 
 class EvalSection(Section):
+    at_start: bool = Field(True, description="evaluate once before training (the baseline)")
     metric: str | None = Field(None, description="picks the best checkpoint; default: the task's")
     max_batches: int | None = Field(None, ge=1, description="cap evaluation batches (quick runs)")
     generate: bool = Field(True, description="run generation metrics (chrF, BLEU) at the end")

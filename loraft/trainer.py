@@ -31,6 +31,15 @@ from loraft.tasks.base import Task
 
 
 @dataclass
+class TrainResult:
+    """What `train_recipe` hands back: the summary and the trained model with its tokenizer."""
+
+    summary: dict
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+
+
+@dataclass
 class Progress:
     """Counters of the loop; `train_s` excludes start-up, evaluation and saving."""
 
@@ -44,8 +53,8 @@ class Progress:
     last_eval: dict = field(default_factory=dict)
 
 
-def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite: bool = False) -> dict:
-    """Run a recipe end to end and return its summary (also written to summary.json)."""
+def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite: bool = False) -> TrainResult:
+    """Run a recipe end to end; the summary is also written to the run's summary.json."""
     started = time.perf_counter()
     accelerator = Accelerator(
         mixed_precision="no" if recipe.train.precision == "fp32" else recipe.train.precision,
@@ -101,7 +110,7 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
     if run is not None:
         run.write_summary(summary)
     accelerator.end_training()
-    return summary
+    return TrainResult(summary, accelerator.unwrap_model(model), tokenizer)
 
 
 class TrainingLoop:
@@ -147,6 +156,8 @@ class TrainingLoop:
             disable=not self.accelerator.is_main_process,
         )
         progress, window, epoch = Progress(), _LossWindow(), 0
+        if self.recipe.eval.at_start:
+            self._evaluate(model, progress, keep_best=False)
         while progress.step < self.total_steps:
             if hasattr(train_loader, "set_epoch"):  # reshuffle each epoch, reproducibly
                 train_loader.set_epoch(epoch)
@@ -202,7 +213,7 @@ class TrainingLoop:
         if save_every and progress.step % save_every == 0 and not last:
             self._save(model, "last", progress)
 
-    def _evaluate(self, model, progress: Progress) -> None:
+    def _evaluate(self, model, progress: Progress, keep_best: bool = True) -> None:
         model.eval()
         with torch.inference_mode():
             metrics = self.task.evaluate(model, self.eval_loader, self.accelerator)
@@ -211,6 +222,8 @@ class TrainingLoop:
         self._log(metrics)
         if self.accelerator.is_main_process:
             tqdm.write(_format_eval(metrics))
+        if not keep_best:
+            return
         value = metrics[self.metric]
         better = progress.best_value is None or (
             value > progress.best_value if self.greater_is_better else value < progress.best_value

@@ -1,0 +1,73 @@
+"""Methods and parameter accounting: our counts are PEFT's own, for GPT-2 and a tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from peft import PeftModel
+
+from loraft.errors import LoraftError
+from loraft.model import build_model, count_parameters
+from loraft.plan import plan_recipe
+from loraft.recipe import load_recipe
+from loraft.tokenizer import load_tokenizer
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.mark.parametrize(("rank", "trainable"), [(4, 147_456), (8, 294_912)])
+def test_gpt2_small_lora_counts_match_peft(rank: int, trainable: int) -> None:
+    plan = plan_recipe(load_recipe(RECIPES / "joker.yaml", [f"lora.r={rank}"]))
+    assert plan["trainable_params"] == trainable
+    assert plan["total_params"] == 124_439_808 + trainable
+    assert plan["trainable_pct"] == pytest.approx(100 * trainable / plan["total_params"])
+
+
+def test_plan_knows_the_four_gpt2_sizes_offline() -> None:
+    totals = {
+        size: plan_recipe(load_recipe(RECIPES / "news-full.yaml", [f"model.name={size}"]))["total_params"]
+        for size in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+    }
+    assert totals == {
+        "gpt2": 124_439_808,
+        "gpt2-medium": 354_823_168,
+        "gpt2-large": 774_030_080,
+        "gpt2-xl": 1_557_611_200,
+    }
+
+
+def test_plan_memory_shrinks_with_lora() -> None:
+    lora = plan_recipe(load_recipe(RECIPES / "news.yaml"))["memory_mb"]
+    full = plan_recipe(load_recipe(RECIPES / "news-full.yaml"))["memory_mb"]
+    assert lora["optimizer"] < full["optimizer"] / 100
+    assert lora["total"] < full["total"]
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_counts_equal_peft_on_a_real_tiny_model(tiny_model_dir: Path, method: str) -> None:
+    recipe = load_recipe(RECIPES / "news.yaml", [f"model.name={tiny_model_dir}", f"method={method}"])
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    model = build_model(recipe, "causal_lm", tokenizer)
+    trainable, total = count_parameters(model)
+    if method == "lora":
+        assert isinstance(model, PeftModel)
+        assert (trainable, total) == model.get_nb_trainable_parameters()
+        assert model.peft_config["default"].fan_in_fan_out  # GPT-2's Conv1D layers
+        assert trainable == 8 * (64 + 3 * 64) * 2  # A (8x64) + B (192x8) on c_attn, 2 layers
+    else:
+        assert trainable == total == sum(p.numel() for p in model.parameters())
+
+
+def test_unknown_target_module_is_a_clear_error(tiny_model_dir: Path) -> None:
+    recipe = load_recipe(
+        RECIPES / "news.yaml", [f"model.name={tiny_model_dir}", "lora.target_modules=[q_proj]"]
+    )
+    with pytest.raises(LoraftError, match=r"lora.target_modules: \['q_proj'\] match no module.*c_attn"):
+        build_model(recipe, "causal_lm", load_tokenizer(str(tiny_model_dir)))
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path: Path) -> None:
+    recipe = load_recipe(RECIPES / "news.yaml", [f"model.name={tmp_path / 'nothing'}"])
+    with pytest.raises(LoraftError, match="cannot load"):
+        build_model(recipe, "causal_lm", load_tokenizer(str(tmp_path / "nothing")))

@@ -1,0 +1,98 @@
+"""Recipes: every shipped one validates; extends, overrides and each error path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loraft.errors import LoraftError
+from loraft.recipe import load_recipe
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_shipped_recipe_validates(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.name == path.stem
+
+
+def test_the_seed_settings_of_news_and_joker() -> None:
+    news = load_recipe(RECIPES[0].parent / "news.yaml")
+    assert (news.lora.r, news.lora.alpha, news.lora.dropout) == (8, 16, 0.05)
+    assert (news.train.lr, news.train.batch_size, news.train.epochs) == (2e-4, 4, 5)
+    assert (news.data.max_length, news.data.train_size, news.data.eval_size) == (128, 2000, 500)
+    joker = load_recipe(RECIPES[0].parent / "joker.yaml")
+    assert (joker.lora.r, joker.train.lr, joker.train.epochs, joker.data.max_length) == (4, 2e-5, 2, 64)
+
+
+def test_extends_deep_merges_and_names_the_variant_after_its_file() -> None:
+    full = load_recipe(RECIPES[0].parent / "news-full.yaml")
+    assert full.name == "news-full" and full.method == "full"
+    assert full.train.lr == 5e-5
+    assert full.train.batch_size == 4 and full.data.train_size == 2000  # inherited
+
+
+def test_overrides_are_parsed_as_yaml() -> None:
+    recipe = load_recipe(
+        RECIPES[0].parent / "news.yaml",
+        ["lora.r=16", "train.lr=3e-4", "lora.target_modules=[c_attn,c_proj]", "output_dir=/tmp/x"],
+    )
+    assert recipe.lora.r == 16 and recipe.train.lr == 3e-4
+    assert recipe.lora.target_modules == ["c_attn", "c_proj"]
+    assert str(recipe.run_dir) == "/tmp/x"
+
+
+def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "expected"),
+    [
+        ("task: news\ntrain: {lrr: 0.1}\n", [], "unknown key 'train.lrr'; did you mean 'train.lr'?"),
+        ("task: news\nlora: {rank: 4}\n", [], "unknown key 'lora.rank'"),
+        ("task: news\nmethd: lora\n", [], "did you mean 'method'?"),
+        ("task: news\n", ["train.batch_size=abc"], "train.batch_size"),
+        ("task: news\n", ["method=qlora"], "method: Input should be 'full', 'lora' or 'head'"),
+        ("task: poetry\n", [], "task: Input should be"),
+        ("method: lora\n", [], "missing required key 'task'"),
+        ("task: news\nmethod: head\n", [], "method 'head' trains only a classification head"),
+        ("task: news\n", ["train.lr"], "expected key.sub=value"),
+        ("task: news\n", ["generation.context_window=[300, 200]"], "needs 1 <= lo <= hi"),
+        ("task: news\ntrain: [1, 2\n", [], "line"),
+        ("- a list\n", [], "a recipe must be a mapping"),
+    ],
+)
+def test_bad_recipes_give_one_line_naming_file_and_field(
+    tmp_path: Path, text: str, overrides: list[str], expected: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(LoraftError) as error:
+        load_recipe(path, overrides)
+    message = str(error.value)
+    assert expected in message
+    assert "\n" not in message
+    if not message.startswith("override"):
+        assert str(path) in message
+
+
+def test_extends_cycle_and_missing_base_are_errors(tmp_path: Path) -> None:
+    write(tmp_path, "extends: b.yaml\ntask: news\n", "a.yaml")
+    write(tmp_path, "extends: a.yaml\n", "b.yaml")
+    with pytest.raises(LoraftError, match="cycle"):
+        load_recipe(tmp_path / "a.yaml")
+    write(tmp_path, "extends: nowhere.yaml\ntask: news\n", "c.yaml")
+    with pytest.raises(LoraftError, match="nowhere.yaml: recipe file not found"):
+        load_recipe(tmp_path / "c.yaml")
+
+
+def test_scratch_model_excludes_a_checkpoint_name(tmp_path: Path) -> None:
+    path = write(tmp_path, "task: text\nmodel: {name: gpt2, config: {n_layer: 2}}\n")
+    with pytest.raises(LoraftError, match="either model.name"):
+        load_recipe(path)
+    scratch = load_recipe(write(tmp_path, "task: text\nmodel: {config: {n_layer: 2}}\n"))
+    assert scratch.model.name is None and scratch.model.config.n_layer == 2
