@@ -44,7 +44,8 @@ def train(
     from loraft.trainer import train_recipe
 
     result = train_recipe(load_recipe(recipe, overrides), data_root, overwrite)
-    typer.echo(_summary_lines(result.summary))
+    if result.is_main_process:
+        typer.echo(_summary_lines(result.summary))
 
 
 @app.command()
@@ -62,6 +63,14 @@ def validate(recipes: Annotated[list[Path], typer.Argument(help="recipe files")]
             typer.echo(f"error {error}", err=True)
     if failures:
         raise typer.Exit(2)
+
+
+@app.command()
+def fields() -> None:
+    """Every recipe key with its default and meaning (the schema is the source of truth)."""
+    from loraft.recipe import field_reference
+
+    typer.echo("| key | default | meaning |\n|---|---|---|\n" + "\n".join(field_reference()))
 
 
 @app.command()

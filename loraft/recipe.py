@@ -166,7 +166,7 @@ class GenerationSection(Section):
 class Recipe(Section):
     """A whole run: model, method, task, data, training, evaluation and generation."""
 
-    name: str = Field(description="run name; default: the recipe file's stem")
+    name: str = Field("run", description="run name; default: the recipe file's stem")
     description: str = Field("", description="one line for humans")
     task: Literal[TASKS] = Field(description="what is learnt: " + ", ".join(TASKS))
     method: Literal["full", "lora", "head"] = Field(
@@ -195,6 +195,23 @@ class Recipe(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def field_reference(model: type[BaseModel] = Recipe, prefix: str = "") -> list[str]:
+    """Markdown table rows `| key | default | meaning |` for every recipe field (README, CLI)."""
+    rows = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        sections = [a for a in getattr(annotation, "__args__", (annotation,)) if _is_model(a)]
+        if sections:
+            if annotation not in sections:  # an optional section such as model.config
+                rows.append(f"| `{prefix}{name}` | `null` | {field.description or ''} |")
+            rows += field_reference(sections[0], f"{prefix}{name}.")
+            continue
+        default = field.default_factory() if field.default_factory else field.default
+        shown = "required" if field.is_required() else yaml.safe_dump(default).strip().removesuffix("...")
+        rows.append(f"| `{prefix}{name}` | `{shown.strip()}` | {field.description or ''} |")
+    return rows
 
 
 # --- reading, merging, overriding ---------------------------------------------------------

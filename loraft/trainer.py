@@ -8,6 +8,7 @@ evaluation, and best/last checkpoints.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ class TrainResult:
     summary: dict
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
+    is_main_process: bool = True  # under DDP, only the main process reports
 
 
 @dataclass
@@ -57,6 +59,7 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
     """Run a recipe end to end; the summary is also written to the run's summary.json."""
     started = time.perf_counter()
     accelerator = Accelerator(
+        cpu=multi_process_cpu(),
         mixed_precision="no" if recipe.train.precision == "fp32" else recipe.train.precision,
         gradient_accumulation_steps=recipe.train.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
@@ -110,7 +113,12 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
     if run is not None:
         run.write_summary(summary)
     accelerator.end_training()
-    return TrainResult(summary, accelerator.unwrap_model(model), tokenizer)
+    return TrainResult(summary, accelerator.unwrap_model(model), tokenizer, accelerator.is_main_process)
+
+
+def multi_process_cpu() -> bool:
+    """True under `torchrun` without GPUs: accelerate then needs cpu=True to use gloo DDP."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 class TrainingLoop:

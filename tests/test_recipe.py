@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from loraft.errors import LoraftError
-from loraft.recipe import load_recipe
+from loraft.recipe import field_reference, load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
@@ -96,3 +96,9 @@ def test_scratch_model_excludes_a_checkpoint_name(tmp_path: Path) -> None:
         load_recipe(path)
     scratch = load_recipe(write(tmp_path, "task: text\nmodel: {config: {n_layer: 2}}\n"))
     assert scratch.model.name is None and scratch.model.config.n_layer == 2
+
+
+def test_readme_recipe_reference_matches_the_schema() -> None:
+    readme = (RECIPES[0].parents[1] / "README.md").read_text()
+    block = readme.split("<!-- recipe-reference:start -->")[1].split("<!-- recipe-reference:end -->")[0]
+    assert [line for line in block.strip().splitlines()[2:]] == field_reference()

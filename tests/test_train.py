@@ -185,3 +185,44 @@ def test_validate_and_plan_commands() -> None:
     numbers = json.loads(plan.stdout)
     assert (numbers["trainable_params"], numbers["total_params"]) == (147_456, 124_587_264)
     assert round(numbers["trainable_pct"], 4) == 0.1184
+
+
+def test_two_process_ddp_on_cpu_matches_a_single_process_evaluation(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`torchrun` with two gloo processes: one run directory, eval not skewed by sampler padding."""
+    shared_file("ag_news/news.csv")
+    run = tmp_path / "ddp"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "loraft",
+            "train",
+            "recipes/news.yaml",
+            f"model.name={tiny_model_dir}",
+            f"output_dir={run}",
+            "data.train_size=64",
+            "data.eval_size=27",
+            "data.max_length=32",
+            "train.max_steps=4",
+            "--data-root",
+            str(SHARED_DATA),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("run directory:") == 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["num_processes"], summary["distributed_type"]) == (2, "MULTI_CPU")
+    replay = loraft("eval", str(run), "--checkpoint", "last", "--json", "--data-root", str(SHARED_DATA))
+    single = json.loads(replay.stdout)
+    assert single["eval_tokens"] == summary["final_eval"]["eval_tokens"]
+    assert single["eval_loss"] == pytest.approx(summary["final_eval"]["eval_loss"], rel=1e-6)

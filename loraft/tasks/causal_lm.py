@@ -45,33 +45,31 @@ class CausalLMTask(Task):
         return pad_right(features, tokenizer.pad_token_id)
 
     def evaluate(self, model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator) -> dict:
-        """Token-weighted mean loss over the eval split (not a mean of batch means)."""
-        totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+        """Token-weighted mean loss over the eval split (not a mean of batch means).
+
+        Per-example sums go through `gather_for_metrics`, which drops the duplicates a
+        distributed sampler adds to even out the last batch; only two numbers per example
+        are kept, never logits.
+        """
+        loss_sum, tokens = 0.0, 0.0
         max_batches = self.recipe.eval.max_batches
         for index, batch in enumerate(loader):
             if max_batches is not None and index >= max_batches:
                 break
-            totals += summed_token_loss(model, batch)
-        loss_sum, tokens = accelerator.reduce(totals, reduction="sum").tolist()
+            sums, counts = accelerator.gather_for_metrics(per_example_token_loss(model, batch))
+            loss_sum, tokens = loss_sum + sums.sum().item(), tokens + counts.sum().item()
         mean = loss_sum / max(tokens, 1)
-        return {
-            "eval_loss": mean,
-            "eval_perplexity": math.exp(min(mean, 50)),
-            "eval_tokens": tokens,
-        }
+        return {"eval_loss": mean, "eval_perplexity": math.exp(min(mean, 50)), "eval_tokens": int(tokens)}
 
 
-def summed_token_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """[sum of next-token losses, number of predicted tokens] for one batch."""
+def per_example_token_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of next-token losses, number of predicted tokens) for each example of a batch."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     targets = batch["labels"][:, 1:]
     losses = F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(),
-        targets.flatten(),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
+        logits[:, :-1].transpose(1, 2).float(), targets, ignore_index=IGNORE_INDEX, reduction="none"
     )
-    return torch.stack([losses.double(), (targets != IGNORE_INDEX).sum().double()])
+    return losses.sum(dim=1).double(), (targets != IGNORE_INDEX).sum(dim=1).double()
 
 
 def pad_right(features: list[dict[str, Any]], pad_token_id: int) -> Batch:
