@@ -6,12 +6,14 @@ from pathlib import Path
 
 from loraft.recipe import Recipe
 from loraft.tasks.base import Task
+from loraft.tasks.classification import ClassificationTask
 from loraft.tasks.news import NewsTask
 from loraft.tasks.persona import PersonaTask
 from loraft.tasks.sonnets import SonnetsTask
 from loraft.tasks.text import TextTask
 
 TASK_CLASSES: dict[str, type[Task]] = {
+    "classification": ClassificationTask,
     "news": NewsTask,
     "persona": PersonaTask,
     "sonnets": SonnetsTask,

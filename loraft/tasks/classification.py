@@ -1,0 +1,298 @@
+"""Text classification: one text (SST-5, CFIMDB) or a text pair (Quora, MRPC) -> one label.
+
+The model is GPT2ForSequenceClassification: a linear `score` head on the hidden state of the
+last token that is not the pad id. Batches are right-padded, because GPT-2 numbers positions
+0..n-1 whatever the attention mask says: left padding would shift every position, right
+padding leaves the real tokens (and the pooled one) exactly as at batch size 1. The pad id is
+the end-of-text id, so inputs never contain it (no end-of-text is appended, the pair separator
+is a newline, and a literal "<|endoftext|>" in the data is encoded as plain text): the "last
+non-pad token" is then always the last attended token.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, ClassVar
+
+import datasets
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, PartialState
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from loraft.data import column_for, find_data_file, read_table, require_columns, require_data_file
+from loraft.errors import LoraftError
+from loraft.recipe import Recipe
+from loraft.tasks.base import Batch, Task
+
+# A newline joins the two texts of a pair: GPT-2 read newlines between related sentences in
+# pretraining, while end-of-text taught it that what follows is a new, unrelated document
+# (and end-of-text is our pad id, which must never appear inside an input).
+PAIR_SEPARATOR = "\n"
+# Hub copies name their columns differently from the local files a recipe's `data.columns`
+# describes (SetFit/sst5: text, label; GLUE mrpc: sentence1, sentence2, label; GLUE qqp:
+# question1, question2, label); these names are tried for hub tables only.
+HUB_COLUMNS = {
+    "text": ("text", "sentence", "sentence1", "question1"),
+    "text_pair": ("text_pair", "sentence2", "question2"),
+    "label": ("label",),
+}
+PREDICTIONS_FILE = "predictions.csv"
+
+
+class ClassificationTask(Task):
+    """Rows with `text` (and `text_pair` for pair tasks) and a `label` among `data.labels`.
+
+    Recipes map their columns with `data.columns`, e.g. `{text: sentence, label: sentiment}`
+    for the CS224n files; a task is a pair task when `text_pair` is mapped or present.
+    """
+
+    kind: ClassVar[str] = "classification"
+    default_metric: ClassVar[str] = "eval_accuracy"
+    metric_names: ClassVar[tuple[str, ...]] = ("eval_accuracy", "eval_macro_f1", "eval_loss")
+
+    def __init__(self, recipe: Recipe, roots: list[Path]) -> None:
+        super().__init__(recipe, roots)
+        labels = [str(label) for label in recipe.data.labels or []]
+        if len(labels) < 2:
+            raise LoraftError("data.labels: list two or more label names in order, e.g. [negative, positive]")
+        if len(set(labels)) != len(labels):
+            raise LoraftError(f"data.labels: label names repeat: {labels}")
+        self.labels = labels
+        self.label_index = {name: index for index, name in enumerate(labels)}
+        self.predict_path: Path | None = None
+
+    def model_options(self) -> dict[str, Any]:
+        return {"num_labels": len(self.labels)}
+
+    # --- data ---------------------------------------------------------------------------
+
+    def load_rows(self) -> tuple[datasets.Dataset, datasets.Dataset]:
+        """Train and eval rows; the file to predict is looked up now, not after training."""
+        train, evaluation = super().load_rows()
+        self.predict_path = self._find_predict_file()
+        return train, evaluation
+
+    def rows_from_table(self, table: datasets.Dataset, where: str, labelled: bool = True) -> datasets.Dataset:
+        """Rows `text`, [`text_pair`], `label` (an index) or, unlabelled, `id` instead of a label."""
+        fields = ["text", "text_pair"] if self.is_pair(table) else ["text"]
+        fields += ["label"] if labelled else ["id"]
+        columns = {field: self._column(table, field, where) for field in fields}
+
+        def to_row(row: dict[str, Any], index: int) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for field, column in columns.items():
+                if field == "label":
+                    out[field] = self.label_id(row[column], f"{where}: row {index + 1}")
+                elif field == "id":
+                    out[field] = str(row[column]).strip()
+                else:
+                    out[field] = _text(row[column], f"{where}: row {index + 1}", column)
+            return out
+
+        return table.map(to_row, with_indices=True, remove_columns=table.column_names, keep_in_memory=True)
+
+    def is_pair(self, table: datasets.Dataset) -> bool:
+        """Pair tasks map `text_pair` in the recipe or have a `text_pair` column."""
+        return "text_pair" in self.recipe.data.columns or "text_pair" in table.column_names
+
+    def label_id(self, value: Any, where: str) -> int:
+        """The index of a file label: a label name ("positive", "1"), or an integer index.
+
+        Names are matched first, so with labels [1, 2, 3] the file label 1 means the first
+        one; `1.0` (Quora) is read as `1`.
+        """
+        text = "" if value is None else str(value).strip()
+        if not text:
+            raise LoraftError(f"{where}: the label is missing")
+        if text in self.label_index:
+            return self.label_index[text]
+        number = _as_integer(text)
+        if number is not None and str(number) in self.label_index:
+            return self.label_index[str(number)]
+        if number is not None and 0 <= number < len(self.labels):
+            return number
+        raise LoraftError(f"{where}: label '{text}' is not one of {self._label_choices()} (data.labels)")
+
+    def _label_choices(self) -> str:
+        last = len(self.labels) - 1
+        if self.labels == [str(index) for index in range(len(self.labels))]:
+            return f"0..{last}"
+        return f"{', '.join(self.labels)} (or 0..{last})"
+
+    def _column(self, table: datasets.Dataset, field: str, where: str) -> str:
+        named = column_for(self.recipe.data, field)
+        if named in table.column_names:
+            return named
+        hub = self.recipe.data.hub
+        if hub is not None and where.startswith(f"{hub.id}:"):
+            for alias in HUB_COLUMNS.get(field, ()):
+                if alias in table.column_names:
+                    return alias
+        require_columns(table, [named], where)
+        return named  # not reached: require_columns raised
+
+    def _find_predict_file(self) -> Path | None:
+        data = self.recipe.data
+        if not data.predict:
+            return None
+        training_from_hub = data.hub is not None and (
+            not data.train or find_data_file(data.train, self.roots) is None
+        )
+        if training_from_hub and find_data_file(data.predict, self.roots) is None:
+            print(f"data.predict: '{data.predict}' not found; no predictions file for this hub run")
+            return None
+        return require_data_file("data.predict", data.predict, self.roots)
+
+    # --- features -----------------------------------------------------------------------
+
+    def tokenize(self, rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> datasets.Dataset:
+        """Input ids (text, or text + newline + text_pair) truncated to data.max_length."""
+        max_length = self.recipe.data.max_length
+        separator = tokenizer(PAIR_SEPARATOR)["input_ids"]
+
+        def encode(row: dict[str, Any]) -> dict[str, Any]:
+            ids = _encode(tokenizer, row["text"])
+            if "text_pair" in row:
+                first, second = truncate_pair(
+                    ids, _encode(tokenizer, row["text_pair"]), max_length - len(separator)
+                )
+                ids = first + separator + second
+            feature: dict[str, Any] = {"input_ids": ids[:max_length]}
+            if "label" in row:
+                feature["labels"] = row["label"]
+            return feature
+
+        return rows.map(encode, remove_columns=rows.column_names, keep_in_memory=True)
+
+    def collate(self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> Batch:
+        """Right padding with the pad id (see the module docstring for why right)."""
+        longest = max(len(feature["input_ids"]) for feature in features)
+        input_ids, mask = [], []
+        for feature in features:
+            padding = longest - len(feature["input_ids"])
+            input_ids.append(feature["input_ids"] + [tokenizer.pad_token_id] * padding)
+            mask.append([1] * len(feature["input_ids"]) + [0] * padding)
+        batch = {"input_ids": torch.tensor(input_ids), "attention_mask": torch.tensor(mask)}
+        if "labels" in features[0]:
+            batch["labels"] = torch.tensor([feature["labels"] for feature in features])
+        return batch
+
+    # --- evaluation ---------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def evaluate(self, model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator) -> dict:
+        """Accuracy, macro-F1, mean loss and the confusion matrix over the eval split.
+
+        Only predicted and gold ids are kept (not logits), gathered across processes.
+        """
+        predicted, gold = [], []
+        loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+        max_batches = self.recipe.eval.max_batches
+        for index, batch in enumerate(loader):
+            if max_batches is not None and index >= max_batches:
+                break
+            logits = logits_of(model, batch).float()
+            losses = F.cross_entropy(logits, batch["labels"], reduction="none")
+            ids, labels, losses = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"], losses))
+            predicted.append(ids.cpu())
+            gold.append(labels.cpu())
+            loss_sum += losses.double().sum()
+        empty = [torch.zeros(0, dtype=torch.long)]
+        return classification_metrics(
+            torch.cat(gold or empty), torch.cat(predicted or empty), float(loss_sum), len(self.labels)
+        )
+
+    def final_evaluation(
+        self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, run_dir: Path
+    ) -> dict:
+        """Predict `data.predict` with the model given and write `<run_dir>/predictions.csv`."""
+        if self.predict_path is None:
+            return {"labels": self.labels}
+        rows = self.rows_from_table(read_table(self.predict_path), str(self.predict_path), labelled=False)
+        predicted = self.predict(model, rows, tokenizer)
+        path = Path(run_dir) / PREDICTIONS_FILE
+        if PartialState().is_main_process:
+            write_predictions(path, rows["id"], [self.labels[index] for index in predicted])
+        return {"labels": self.labels, "predictions_file": str(path)}
+
+    @torch.inference_mode()
+    def predict(
+        self, model: torch.nn.Module, rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase
+    ) -> list[int]:
+        """Predicted label indices for rows, in order."""
+        features = self.tokenize(rows, tokenizer)
+        batch_size = self.recipe.train.eval_batch_size or self.recipe.train.batch_size
+        loader = DataLoader(features, batch_size=batch_size, collate_fn=lambda f: self.collate(f, tokenizer))
+        device = next(model.parameters()).device
+        model.eval()
+        predicted: list[int] = []
+        for batch in loader:
+            batch = {key: value.to(device) for key, value in batch.items()}
+            predicted.extend(logits_of(model, batch).argmax(-1).tolist())
+        return predicted
+
+
+def logits_of(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Pooled class logits of a batch, shape (batch, labels)."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def classification_metrics(
+    gold: torch.Tensor, predicted: torch.Tensor, loss_sum: float, num_labels: int
+) -> dict:
+    """eval_* metrics from gold and predicted label indices (macro-F1 as the course's sklearn)."""
+    gold_list, predicted_list = gold.tolist(), predicted.tolist()
+    count = max(len(gold_list), 1)
+    return {
+        "eval_accuracy": float(accuracy_score(gold_list, predicted_list)) if gold_list else 0.0,
+        "eval_macro_f1": float(f1_score(gold_list, predicted_list, average="macro", zero_division=0)),
+        "eval_loss": loss_sum / count,
+        "eval_examples": len(gold_list),
+        "eval_confusion_matrix": confusion_matrix(
+            gold_list, predicted_list, labels=list(range(num_labels))
+        ).tolist(),
+    }
+
+
+def truncate_pair(first: list[int], second: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """Fit a pair in `budget` tokens: the shorter text keeps up to half, the longer the rest."""
+    if len(first) + len(second) <= budget:
+        return first, second
+    if len(first) < len(second):
+        keep = min(len(first), budget // 2)
+        return first[:keep], second[: budget - keep]
+    keep = min(len(second), budget // 2)
+    return first[: budget - keep], second[:keep]
+
+
+def write_predictions(path: Path, ids: list[str], labels: list[str]) -> None:
+    """`id,label` CSV, one row per input: the two fields the course's prediction files hold."""
+    with path.open("w", encoding="utf-8", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["id", "label"])
+        writer.writerows(zip(ids, labels, strict=True))
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    # split_special_tokens: a literal "<|endoftext|>" in the data must not become the pad id
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
+def _text(value: Any, where: str, column: str) -> str:
+    text = "" if value is None else str(value).strip()
+    if not text:
+        raise LoraftError(f"{where}: the text in column '{column}' is missing or empty")
+    return text
+
+
+def _as_integer(text: str) -> int | None:
+    """`"3"` and `"3.0"` -> 3; anything else (`"2.5"`, `"pos"`, `"nan"`) -> None."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None

@@ -1,0 +1,405 @@
+"""Classification: recipes, label mapping and errors, pooling under padding, methods, end to end.
+
+End-to-end runs train the 2-layer tiny GPT-2 (random init, no pretrained weights here) on real
+rows of ../shared/data through the `loraft train` command (in-process, to skip ~8 s of imports
+per run). Torch runs on one thread here: on a busy 2-core machine two threads ran a tiny
+model's step 50x slower.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from conftest import REPO, SHARED_DATA, shared_file
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from loraft.checkpoint import HEAD_FILE, load_checkpoint, save_checkpoint
+from loraft.cli import app
+from loraft.data import read_table
+from loraft.errors import LoraftError
+from loraft.model import build_model, count_parameters
+from loraft.recipe import load_recipe
+from loraft.run_dir import RunDirectory
+from loraft.tasks.classification import ClassificationTask, logits_of, truncate_pair
+from loraft.tokenizer import load_tokenizer
+from loraft.trainer import train_recipe
+
+RECIPES = REPO / "recipes"
+CLASSIFICATION_RECIPES = [
+    f"{data}-{method}.yaml"
+    for data, methods in {
+        "sst": ("head", "lora", "full"),
+        "cfimdb": ("head", "lora", "full"),
+        "quora": ("lora", "full"),
+        "mrpc": ("lora", "full"),
+    }.items()
+    for method in methods
+]
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "LORAFT_DATA_ROOT": str(SHARED_DATA)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def task_for(recipe_name: str, *overrides: str) -> ClassificationTask:
+    return ClassificationTask(load_recipe(RECIPES / recipe_name, list(overrides)), [SHARED_DATA])
+
+
+def write_sst_file(path: Path, rows: list[tuple[str, str]]) -> Path:
+    """A file in the CS224n format: `<tab>id<tab>sentence<tab>sentiment`."""
+    lines = ["\tid\tsentence\tsentiment"]
+    lines += [f"{index}\tid{index}\t {text}\t{label}" for index, (text, label) in enumerate(rows)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def loraft(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "loraft", *args]
+    return subprocess.run(command, cwd=cwd, env=ONE_THREAD, capture_output=True, text=True, timeout=300)
+
+
+# --- recipes ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", CLASSIFICATION_RECIPES)
+def test_recipe_loads_as_a_classification_task(name: str) -> None:
+    recipe = load_recipe(RECIPES / name)
+    assert recipe.task == "classification" and recipe.method == name.split("-")[1].removesuffix(".yaml")
+    assert recipe.model.name == "gpt2" and recipe.train.seed == 11711 and recipe.train.batch_size == 8
+    assert recipe.train.epochs == 10
+    assert recipe.train.lr == {"head": 1e-3, "full": 1e-5, "lora": 5e-4}[recipe.method]
+    task = ClassificationTask(recipe, [SHARED_DATA])
+    assert task.model_options() == {"num_labels": 5 if name.startswith("sst") else 2}
+    assert (recipe.data.hub is None) == name.startswith("cfimdb")  # no hub copy of CFIMDB
+
+
+def test_loraft_validate_accepts_every_classification_recipe() -> None:
+    result = loraft("validate", *(str(RECIPES / name) for name in CLASSIFICATION_RECIPES))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("ok ") == len(CLASSIFICATION_RECIPES)
+
+
+# --- labels, columns, errors -----------------------------------------------------------------
+
+
+def test_file_labels_map_to_indices() -> None:
+    task = task_for("sst-lora.yaml")
+    for value, index in [("3", 3), (3, 3), (3.0, 3), ("3.0", 3), (" 0 ", 0)]:
+        assert task.label_id(value, "f: row 1") == index
+    named = task_for("cfimdb-lora.yaml", "data.labels=[negative, positive]")
+    for value, index in [("positive", 1), ("negative", 0), (1, 1), ("1.0", 1), (0.0, 0)]:
+        assert named.label_id(value, "f: row 1") == index
+    shifted = task_for("cfimdb-lora.yaml", "data.labels=['1', '2']")
+    assert shifted.label_id(1, "f: row 1") == 0  # a label name wins over an index
+
+
+@pytest.mark.parametrize(
+    ("labels", "value", "expected"),
+    [
+        (None, "7", "f.csv: row 17: label '7' is not one of 0..4 (data.labels)"),
+        (None, "2.5", "label '2.5' is not one of 0..4"),
+        ("[negative, positive]", "2", "label '2' is not one of negative, positive (or 0..1)"),
+        (None, "", "f.csv: row 17: the label is missing"),
+    ],
+)
+def test_bad_labels_name_the_file_and_row(labels: str | None, value: str, expected: str) -> None:
+    task = task_for("sst-lora.yaml", *([f"data.labels={labels}"] if labels else []))
+    with pytest.raises(LoraftError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        task.label_id(value, "f.csv: row 17")
+
+
+def test_a_bad_label_or_missing_text_in_a_file_names_file_and_row(tmp_path: Path) -> None:
+    rows = [("a fine film", "4")] * 16 + [("a dull film", "7")]
+    bad_label = write_sst_file(tmp_path / "bad-label.csv", rows)
+    no_text = write_sst_file(tmp_path / "no-text.csv", [("a fine film", "4"), ("", "1")])
+    task = task_for("sst-lora.yaml")
+    with pytest.raises(LoraftError, match=rf"{bad_label}: row 17: label '7' is not one of 0\.\.4"):
+        task.rows_from_table(read_table(bad_label), str(bad_label))
+    with pytest.raises(LoraftError, match=rf"{no_text}: row 2: the text in column 'sentence' is missing"):
+        task.rows_from_table(read_table(no_text), str(no_text))
+
+
+def test_cli_reports_a_bad_label_in_one_line_with_exit_code_2(tmp_path: Path, tiny_model_dir: Path) -> None:
+    bad = write_sst_file(tmp_path / "train.csv", [("a fine film", "4"), ("a dull film", "9")])
+    result = loraft(
+        "train",
+        str(RECIPES / "sst-lora.yaml"),
+        f"model.name={tiny_model_dir}",
+        f"data.train={bad}",
+        f"data.eval={bad}",
+        "data.predict=null",
+        f"output_dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {bad}: row 2: label '9' is not one of 0..4 (data.labels)"
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_missing_predict_file_fails_before_training() -> None:
+    task = task_for("cfimdb-lora.yaml", "data.predict=cs224n/no-such-file.csv", "data.train_size=8")
+    shared_file("cs224n/ids-cfimdb-train.csv")
+    with pytest.raises(LoraftError, match="data.predict: file 'cs224n/no-such-file.csv' not found"):
+        task.load_rows()
+
+
+def test_real_files_read_as_rows() -> None:
+    """CS224n SST (index column), Quora (labels 1.0/0.0), MRPC (BOM, pair) and test-student files."""
+    sst = task_for("sst-lora.yaml")
+    path = shared_file("cs224n/ids-sst-dev.csv")
+    rows = sst.rows_from_table(read_table(path), str(path))
+    assert len(rows) == 1101 and set(rows["label"]) == {0, 1, 2, 3, 4}
+    assert rows[0]["text"] == "It 's a lovely film with lovely performances by Buy and Accorsi ."
+    path = shared_file("cs224n/ids-sst-test-student.csv")
+    unlabelled = sst.rows_from_table(read_table(path), str(path), labelled=False)
+    assert len(unlabelled) == 2210 and unlabelled[0]["id"] == "b7573736a6ddf7be102b7fee0"
+    quora = task_for("quora-lora.yaml")
+    path = shared_file("cs224n/quora-train-30.csv")
+    rows = quora.rows_from_table(read_table(path), str(path))
+    assert len(rows) == 30 and set(rows["label"]) == {0, 1} and rows[0]["label"] == 1
+    mrpc = task_for("mrpc-lora.yaml")
+    path = shared_file("mrpc/msr_paraphrase_train.txt")
+    rows = mrpc.rows_from_table(read_table(path), str(path))
+    assert rows[0]["text"].startswith("Amrozi accused") and rows[0]["text_pair"].startswith("Referring")
+
+
+def test_hub_tables_use_their_own_column_names() -> None:
+    """GLUE mrpc has sentence1/sentence2/label where the recipe maps the local file's names."""
+    mrpc = task_for("mrpc-lora.yaml")
+    table = datasets.Dataset.from_dict({"sentence1": ["a b"], "sentence2": ["b a"], "label": [1], "idx": [0]})
+    rows = mrpc.rows_from_table(table, "nyu-mll/glue:train")
+    assert rows[0] == {"text": "a b", "text_pair": "b a", "label": 1}
+    with pytest.raises(LoraftError, match="local.csv: column '#1 String' not found"):
+        mrpc.rows_from_table(table, "local.csv")  # local files must match data.columns
+    sst = task_for("sst-lora.yaml").rows_from_table(
+        datasets.Dataset.from_dict({"text": ["good"], "label": [4], "label_text": ["very positive"]}),
+        "SetFit/sst5:train",
+    )
+    assert sst[0] == {"text": "good", "label": 4}
+
+
+# --- tokenization, padding, pooling --------------------------------------------------------
+
+
+def test_pairs_are_joined_by_a_newline_and_truncated_fairly(tiny_model_dir: Path) -> None:
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    task = task_for("mrpc-lora.yaml", "data.max_length=16")
+    rows = datasets.Dataset.from_list(
+        [
+            {"text": "short one", "text_pair": "word " * 40, "label": 0},
+            {"text": "the cat sat", "text_pair": "on the mat", "label": 1},
+        ]
+    )
+    features = task.tokenize(rows, tokenizer)
+    newline = tokenizer("\n")["input_ids"]
+    assert [len(ids) for ids in features["input_ids"]][0] == 16
+    expected = tokenizer("the cat sat")["input_ids"] + newline + tokenizer("on the mat")["input_ids"]
+    assert features[1]["input_ids"] == expected and features[1]["labels"] == 1
+    assert truncate_pair(list(range(10)), list(range(3)), 8) == (list(range(5)), list(range(3)))
+    assert truncate_pair(list(range(10)), list(range(10)), 8) == (list(range(4)), list(range(4)))
+
+
+def sharp_classifier(tiny_model_dir: Path, recipe_name: str, method: str = "full"):
+    """The tiny model as a classifier with large random weights, so logits depend on the input."""
+    recipe = load_recipe(RECIPES / recipe_name, [f"model.name={tiny_model_dir}", f"method={method}"])
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    task = ClassificationTask(recipe, [SHARED_DATA])
+    model = build_model(recipe, task.kind, tokenizer, **task.model_options())
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() >= 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    return task, model.eval(), tokenizer
+
+
+@pytest.mark.parametrize(
+    ("recipe_name", "rows"),
+    [
+        (
+            "sst-lora.yaml",
+            [
+                {"text": "A gorgeous, witty, seductive movie that never lets up.", "label": 4},
+                {"text": "Dull.", "label": 0},
+                {"text": "The film <|endoftext|> ends", "label": 2},  # the pad id's text, as text
+                {"text": "It 's a lovely film with lovely performances by Buy and Accorsi .", "label": 3},
+            ],
+        ),
+        (
+            "quora-lora.yaml",
+            [
+                {"text": "How do I learn Python?", "text_pair": "How can I learn Python fast?", "label": 1},
+                {"text": "Why?", "text_pair": "What is the capital of France and why?", "label": 0},
+                {"text": "Is it raining in London, or not?", "text_pair": "Rain?", "label": 0},
+            ],
+        ),
+    ],
+)
+def test_predictions_do_not_depend_on_batch_size(tiny_model_dir: Path, recipe_name: str, rows: list) -> None:
+    """A right-padded batch of mixed lengths pools the same last real token as one by one."""
+    task, model, tokenizer = sharp_classifier(tiny_model_dir, recipe_name)
+    features = list(task.tokenize(datasets.Dataset.from_list(rows), tokenizer))
+    assert all(tokenizer.pad_token_id not in feature["input_ids"] for feature in features)
+    assert len({len(feature["input_ids"]) for feature in features}) == len(features)
+    with torch.inference_mode():
+        together = logits_of(model, task.collate(features, tokenizer))
+        alone = torch.cat([logits_of(model, task.collate([feature], tokenizer)) for feature in features])
+    assert together.argmax(-1).tolist() == alone.argmax(-1).tolist()
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+    assert alone.std(0).min() > 1e-3  # the inputs really give different logits
+
+
+def test_head_method_trains_only_the_score_layer_and_reloads(tmp_path: Path, tiny_model_dir: Path) -> None:
+    task, model, tokenizer = sharp_classifier(tiny_model_dir, "sst-head.yaml", method="head")
+    trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    assert trainable == ["score.weight"]
+    assert count_parameters(model)[0] == model.score.weight.numel() == 64 * 5
+    model = build_model(task.recipe, task.kind, tokenizer, **task.model_options())  # pretrained body
+    with torch.no_grad():
+        model.score.weight.normal_(0, 1)
+    run = RunDirectory.create(tmp_path / "run")
+    save_checkpoint(run.checkpoint("best"), model, tokenizer, task.recipe, {"step": 1})
+    with safe_open(run.checkpoint("best") / HEAD_FILE, "pt") as weights:
+        assert list(weights.keys()) == ["score.weight"]  # the head alone is saved
+    reloaded, _ = load_checkpoint(run, "best", task.recipe, task.kind, **task.model_options())
+    batch = task.collate([{"input_ids": tokenizer("a fine , moving film")["input_ids"]}], tokenizer)
+    with torch.inference_mode():
+        torch.testing.assert_close(logits_of(reloaded.eval(), batch), logits_of(model.eval(), batch))
+
+
+# --- LoRA: the head rides with the adapter; reloads in a fresh process -----------------------
+
+RELOAD_SCRIPT = """
+import json, sys
+import torch
+from loraft.checkpoint import HEAD_FILE, load_checkpoint, save_checkpoint
+from loraft.cli import app
+from loraft.checkpoint import load_checkpoint
+from loraft.run_dir import RunDirectory
+from loraft.tasks.classification import ClassificationTask, logits_of
+run = RunDirectory.open(sys.argv[1])
+recipe = run.read_recipe()
+task = ClassificationTask(recipe, [])
+model, tokenizer = load_checkpoint(run, "last", recipe, task.kind, **task.model_options())
+features = [{"input_ids": ids} for ids in json.loads(sys.argv[2])]
+with torch.inference_mode():
+    print(json.dumps(logits_of(model.eval(), task.collate(features, tokenizer)).tolist()))
+"""
+
+
+def test_lora_classifier_reloads_in_a_fresh_process(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Train 20 LoRA steps on SST rows, then reload the saved adapter + head elsewhere."""
+    shared_file("cs224n/ids-sst-train.csv")
+    run_dir = tmp_path / "run"
+    overrides = [f"model.name={tiny_model_dir}", f"output_dir={run_dir}", "data.predict=null"]
+    overrides += ["data.train_size=160", "data.eval_size=32", "data.max_length=32", "train.max_steps=20"]
+    overrides += ["train.lr=1e-2", "lora.dropout=0"]
+    result = train_recipe(load_recipe(RECIPES / "sst-lora.yaml", overrides), SHARED_DATA)
+    adapter = run_dir / "checkpoints" / "last" / "adapter_model.safetensors"
+    with safe_open(adapter, "pt") as weights:
+        keys = list(weights.keys())
+    assert any(".score." in key for key in keys) and any("lora_A" in key for key in keys)
+    texts = ["a gorgeous film", "dull , dull , dull .", "It 's not bad at all , really ."]
+    ids = [result.tokenizer(text)["input_ids"] for text in texts]
+    task = ClassificationTask(load_recipe(run_dir / "recipe.yaml"), [])
+    with torch.inference_mode():
+        before = logits_of(
+            result.model.eval(), task.collate([{"input_ids": i} for i in ids], result.tokenizer)
+        )
+    script = [sys.executable, "-c", RELOAD_SCRIPT, str(run_dir), json.dumps(ids)]
+    reloaded = subprocess.run(script, cwd=REPO, env=ONE_THREAD, capture_output=True, text=True, timeout=120)
+    assert reloaded.returncode == 0, reloaded.stderr
+    after = torch.tensor(json.loads(reloaded.stdout.strip().splitlines()[-1]))
+    assert after.argmax(-1).tolist() == before.argmax(-1).tolist()
+    torch.testing.assert_close(after, before, atol=1e-6, rtol=1e-6)
+    head = result.model.get_base_model().score  # peft's wrapper: the initial head and the trained copy
+    assert not torch.allclose(head.original_module.weight, head.modules_to_save["default"].weight)
+
+
+# --- end to end on real data ---------------------------------------------------------------
+
+
+def majority_share(relative: str, column: str) -> float:
+    labels = read_table(shared_file(relative))[column]
+    return Counter(labels).most_common(1)[0][1] / len(labels)
+
+
+def train_tiny(tmp_path: Path, tiny_model_dir: Path, recipe_name: str, *overrides: str) -> dict:
+    """`loraft train RECIPE ... --data-root ../shared/data`, full fine-tuning unless overridden."""
+    run_dir = tmp_path / recipe_name.removesuffix(".yaml")
+    command = ["train", str(RECIPES / recipe_name), f"model.name={tiny_model_dir}", f"output_dir={run_dir}"]
+    command += ["method=full", "train.batch_size=16", "train.warmup_ratio=0.1", *overrides]
+    result = CliRunner().invoke(app, [*command, "--data-root", str(SHARED_DATA)])
+    assert result.exit_code == 0, (result.output[-2000:], result.exception)
+    assert "final eval: " in result.output
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_sst_full_beats_the_majority_class(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Budget: 400 steps of 16 SST sentences (32 tokens), lr 2e-3, full fine-tuning: ~8-15 s.
+
+    Dev accuracy (all 1,101 rows) reaches ~0.33-0.34 (seeds tried) against 0.26 for the
+    majority class.
+    """
+    majority = majority_share("cs224n/ids-sst-dev.csv", "sentiment")
+    overrides = ["train.max_steps=400", "train.eval_every=400", "train.lr=2e-3", "data.max_length=32"]
+    summary = train_tiny(tmp_path, tiny_model_dir, "sst-lora.yaml", *overrides, "data.predict=null")
+    final = summary["final_eval"]
+    assert final["eval_accuracy"] > majority + 0.03, (final["eval_accuracy"], majority)
+    matrix = final["eval_confusion_matrix"]
+    assert len(matrix) == 5 and sum(map(sum, matrix)) == 1101 == final["eval_examples"]
+    assert sum(matrix[i][i] for i in range(5)) / 1101 == pytest.approx(final["eval_accuracy"])
+    assert 0 < final["eval_macro_f1"] <= 1 and summary["best_metric"] == "eval_accuracy"
+
+
+def test_cfimdb_full_beats_the_majority_class_and_predicts_the_test_file(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Budget: 200 steps of 16 reviews (first 48 tokens), lr 2e-3, full fine-tuning: ~5-10 s.
+
+    Dev accuracy reaches ~0.59-0.66 (seeds tried) against 0.50; predictions.csv covers the 488
+    test reviews.
+    """
+    majority = majority_share("cs224n/ids-cfimdb-dev.csv", "sentiment")
+    test_file = shared_file("cs224n/ids-cfimdb-test-student.csv")
+    overrides = ["train.max_steps=200", "train.eval_every=200", "train.lr=2e-3", "data.max_length=48"]
+    summary = train_tiny(tmp_path, tiny_model_dir, "cfimdb-lora.yaml", *overrides)
+    final = summary["final_eval"]
+    assert final["eval_accuracy"] > majority + 0.05, (final["eval_accuracy"], majority)
+    assert len(final["eval_confusion_matrix"]) == 2 and final["labels"] == ["0", "1"]
+    with open(final["predictions_file"], encoding="utf-8", newline="") as stream:
+        predictions = list(csv.reader(stream))
+    expected_ids = read_table(test_file)["id"]
+    assert predictions[0] == ["id", "label"]
+    assert [row[0] for row in predictions[1:]] == expected_ids
+    assert {row[1] for row in predictions[1:]} <= {"0", "1"}
+
+
+def test_mrpc_pairs_train_end_to_end(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Budget: 60 steps of 16 pairs (64 tokens), LoRA, 400 MRPC training rows: ~3 s.
+
+    Mechanics only: beating MRPC's majority (0.69) needs a model that compares the two
+    sentences, which a random-init tiny GPT-2 does not learn in seconds (400 full steps: 0.70).
+    """
+    shared_file("mrpc/msr_paraphrase_train.txt")
+    overrides = ["method=lora", "train.max_steps=60", "train.lr=5e-3", "data.max_length=64"]
+    overrides += ["data.train_size=400", "data.eval_size=200"]
+    summary = train_tiny(tmp_path, tiny_model_dir, "mrpc-lora.yaml", *overrides)
+    final = summary["final_eval"]
+    assert summary["method"] == "lora" and summary["eval_examples"] == 200
+    assert sum(map(sum, final["eval_confusion_matrix"])) == 200
+    assert set(final) >= {"eval_accuracy", "eval_macro_f1", "eval_loss"}
