@@ -66,6 +66,22 @@ def validate(recipes: Annotated[list[Path], typer.Argument(help="recipe files")]
 
 
 @app.command()
+def study(
+    recipe: RecipeArg,
+    overrides: Overrides = None,
+    data_root: DataRoot = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing study.json")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare decoders (standard vs shortened context) on one model and the same prompts."""
+    from loraft.recipe import load_recipe
+    from loraft.study import format_study, run_study
+
+    results = run_study(load_recipe(recipe, overrides), data_root, overwrite)
+    typer.echo(json.dumps(results, indent=2) if as_json else format_study(results))
+
+
+@app.command()
 def fields() -> None:
     """Every recipe key with its default and meaning (the schema is the source of truth)."""
     from loraft.recipe import field_reference
@@ -98,20 +114,72 @@ def evaluate(
     typer.echo(json.dumps(metrics, indent=2) if as_json else _metric_lines(metrics))
 
 
+@app.command()
+def generate(
+    target: Annotated[str, typer.Argument(help="a run directory, a model path or a hub id")],
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="a prompt (repeatable)")] = None,
+    prompts_file: Annotated[Path | None, typer.Option(help="one prompt per line; \\n for a newline")] = None,
+    checkpoint: Annotated[str, typer.Option(help="best or last (run directories)")] = "best",
+    strategy: Annotated[str | None, typer.Option(help="greedy, sample or beam")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option()] = None,
+    temperature: Annotated[float | None, typer.Option()] = None,
+    top_k: Annotated[int | None, typer.Option()] = None,
+    top_p: Annotated[float | None, typer.Option()] = None,
+    num_beams: Annotated[int | None, typer.Option()] = None,
+    repetition_penalty: Annotated[float | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    prefix: Annotated[str | None, typer.Option(help="priming text before every prompt")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    context_window: Annotated[
+        str | None, typer.Option(help="attend to the last W tokens; LO,HI draws W per step")
+    ] = None,
+    context_mode: Annotated[str | None, typer.Option(help="reencode or cache")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Continue prompts with a trained run or a model; options override the run's recipe."""
+    from loraft.generation import generate as generate_texts
+    from loraft.inference import load_generator, read_prompts
+    from loraft.recipe import GenerationSection
+
+    prompts = read_prompts(prompt or [], prompts_file)
+    model, tokenizer, settings = load_generator(target, checkpoint)
+    given = {key: value for key, value in locals().items() if key in GenerationSection.model_fields}
+    if context_window is not None:
+        given["context_window"] = [int(part) for part in context_window.split(",")]
+        if len(given["context_window"]) == 1:
+            given["context_window"] = given["context_window"][0]
+    settings = _with_overrides(settings, {k: v for k, v in given.items() if v is not None})
+    for text, continuation in zip(prompts, generate_texts(model, tokenizer, prompts, settings), strict=True):
+        record = {"prompt": text, "continuation": continuation}
+        typer.echo(json.dumps(record) if as_json else f"{text}\033[1m{continuation}\033[0m\n")
+
+
+def _with_overrides(settings, changes: dict):
+    """The settings with command-line changes, validated by the recipe schema."""
+    from pydantic import ValidationError
+
+    try:
+        return type(settings).model_validate({**settings.model_dump(), **changes})
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"][:1])
+        raise LoraftError(f"--{field.replace('_', '-')}: {first['msg']}") from None
+
+
 def _metric_lines(metrics: dict) -> str:
     return "\n".join(f"{key:<24}{value}" for key, value in metrics.items())
 
 
 def _summary_lines(summary: dict) -> str:
-    final = ", ".join(
+    best = ", ".join(
         f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}"
-        for key, value in summary["final_eval"].items()
+        for key, value in summary["best_eval"].items()
         if not isinstance(value, (list, dict))
     )
     return (
         f"done in {summary['wall_s']:.1f}s: {summary['steps']} steps, "
         f"{summary['train_tokens_per_s']:,.0f} tokens/s, peak memory {summary['peak_memory_mb']:,.0f} MB\n"
-        f"final eval: {final}\n"
+        f"best checkpoint: {best}\n"
         f"run directory: {summary['run_dir']}"
     )
 

@@ -24,7 +24,7 @@ def evaluate_run(
     run = RunDirectory.open(run_dir)
     recipe = run.read_recipe(overrides)
     task = build_task(recipe, data_roots(data_root))
-    _, eval_rows = task.load_rows()
+    _, eval_rows = task.rows()
     model, tokenizer = load_checkpoint(run, checkpoint, recipe, task.kind, **task.model_options())
     accelerator = Accelerator(
         mixed_precision="no" if recipe.train.precision == "fp32" else recipe.train.precision

@@ -163,6 +163,17 @@ class GenerationSection(Section):
         return self
 
 
+class StudySection(Section):
+    """`loraft study`: several decoders on one model and the same held-out prompts."""
+
+    run: str | None = Field(None, description="run directory whose model is studied; default: model.name")
+    checkpoint: Literal["best", "last"] = Field("best", description="which checkpoint of `run`")
+    decoders: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"standard": {}},
+        description="name -> generation overrides, e.g. {context_window: 32, context_mode: cache}",
+    )
+
+
 class Recipe(Section):
     """A whole run: model, method, task, data, training, evaluation and generation."""
 
@@ -178,6 +189,7 @@ class Recipe(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     generation: GenerationSection = Field(default_factory=GenerationSection)
+    study: StudySection = Field(default_factory=StudySection)
     output_dir: str | None = Field(None, description="run directory; default: runs/<name>")
 
     @model_validator(mode="after")
@@ -188,6 +200,23 @@ class Recipe(Section):
                 "generates text (GPT-2 ties its LM head to the embeddings): use lora or full"
             )
         return self
+
+    @model_validator(mode="after")
+    def _decoders_are_generation_settings(self) -> Recipe:
+        for name in self.study.decoders:
+            try:
+                self.decoder_settings(name)
+            except ValidationError as error:
+                first = error.errors()[0]
+                where = ".".join(["study.decoders", name, *(str(part) for part in first["loc"])])
+                message = first["msg"].removeprefix("Value error, ")
+                raise ValueError(f"{where}: {message}") from None
+        return self
+
+    def decoder_settings(self, name: str) -> GenerationSection:
+        """`generation` with the overrides of study decoder `name`."""
+        merged = {**self.generation.model_dump(), **self.study.decoders[name]}
+        return GenerationSection.model_validate(merged)
 
     @property
     def run_dir(self) -> Path:
@@ -306,6 +335,8 @@ def _describe_validation_error(error: ValidationError, path: Path) -> str:
     if first["type"] == "missing":
         return f"{path}: missing required key '{dotted}'"
     message = first["msg"].removeprefix("Value error, ")
+    if not loc:  # a whole-recipe check: its message names the fields itself
+        return f"{path}: {message}"
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     return f"{path}: {dotted}: {message}{shown}"

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from loraft.checkpoint import save_base_model, save_checkpoint
+from loraft.checkpoint import load_checkpoint, save_base_model, save_checkpoint
 from loraft.data import data_roots
 from loraft.errors import LoraftError
 from loraft.model import build_model, build_tokenizer, count_parameters, describe_parameters
@@ -71,11 +71,12 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
     set_seed(recipe.train.seed)
 
     task = build_task(recipe, data_roots(data_root))
-    train_rows, eval_rows = task.load_rows()
+    train_rows, eval_rows = task.rows()
     tokenizer = build_tokenizer(recipe, task.texts_for_tokenizer(train_rows))
     model = build_model(recipe, task.kind, tokenizer, **task.model_options())
     trainable, total = count_parameters(model)
     accelerator.print(describe_parameters(trainable, total))
+    warn_about_slow_precision(recipe.train.precision, accelerator)
     if recipe.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if run is not None:
@@ -86,7 +87,12 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
     loop = TrainingLoop(recipe, task, tokenizer, accelerator, run)
     train_set, eval_set = task.tokenize(train_rows, tokenizer), task.tokenize(eval_rows, tokenizer)
     progress = loop.fit(model, train_set, eval_set)
-    final_extra = task.final_evaluation(accelerator.unwrap_model(model), tokenizer, recipe.run_dir)
+    best_extra = {}
+    if accelerator.is_main_process and progress.best_step is not None:
+        # Generation scores and prediction files come from the best checkpoint, as
+        # `loraft eval` (best by default) reproduces them.
+        best_model, _ = load_checkpoint(run, "best", recipe, task.kind, **task.model_options())
+        best_extra = task.final_evaluation(best_model.to(accelerator.device), tokenizer, recipe.run_dir)
     summary = {
         "name": recipe.name,
         "run_dir": str(recipe.run_dir),
@@ -104,16 +110,26 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
         "train_tokens_per_s": progress.train_tokens / max(progress.train_s, 1e-9),
         "peak_memory_mb": peak_memory_mb(accelerator.device),
         "wall_s": time.perf_counter() - started,
-        "final_eval": {**progress.last_eval, **final_extra},
+        "final_eval": progress.last_eval,
         "best_metric": loop.metric,
         "best_step": progress.best_step,
-        "best_eval": progress.best_eval,
+        "best_eval": {**progress.best_eval, **best_extra},
         **environment_facts(accelerator, recipe.train.precision),
     }
     if run is not None:
         run.write_summary(summary)
     accelerator.end_training()
     return TrainResult(summary, accelerator.unwrap_model(model), tokenizer, accelerator.is_main_process)
+
+
+def warn_about_slow_precision(precision: str, accelerator: Accelerator) -> None:
+    """bf16/fp16 on a CPU without native support is emulated: often 10x slower than fp32."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if accelerator.device.type == "cpu" and precision != "fp32" and "AVX512" not in capability:
+        accelerator.print(
+            f"warning: train.precision={precision} on a CPU with {capability} only (no native "
+            "bf16): expect it to be much slower than fp32"
+        )
 
 
 def multi_process_cpu() -> bool:
@@ -255,7 +271,8 @@ class TrainingLoop:
     def _log(self, record: dict) -> None:
         if self.run is not None:
             self.run.log(record)
-        self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        self.accelerator.log(scalars, step=record["step"])  # trackers take scalars only
 
     def _loader(self, dataset, batch_size: int, shuffle: bool = False) -> DataLoader:
         generator = torch.Generator().manual_seed(self.recipe.train.seed)

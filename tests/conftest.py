@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,11 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from loraft.tokenizer import train_byte_level_bpe
+
+# Tiny models gain nothing from threads, and on a shared 2-core machine oversubscribed
+# threads make a 20 ms step take a second. Subprocesses inherit the variable.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]

@@ -34,6 +34,13 @@ class Task(ABC):
     def __init__(self, recipe: Recipe, roots: list[Path]) -> None:
         self.recipe = recipe
         self.roots = roots
+        self._rows: tuple[datasets.Dataset, datasets.Dataset] | None = None
+
+    def rows(self) -> tuple[datasets.Dataset, datasets.Dataset]:
+        """`load_rows`, read once: training and generative evaluation share the same rows."""
+        if self._rows is None:
+            self._rows = self.load_rows()
+        return self._rows
 
     def model_options(self) -> dict[str, Any]:
         """Extra arguments for building the model (e.g. the number of labels)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
 
 import datasets
 import torch
@@ -12,9 +14,27 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from loraft.generation import generate
 from loraft.tasks.base import Batch, Task
+from loraft.text_metrics import (
+    bleu_summary,
+    chrf,
+    corpus_bleu,
+    distinct_n,
+    evaluate_metric,
+    sentence_bleus,
+    signatures,
+)
 
 IGNORE_INDEX = -100  # label value the loss skips (prompt tokens, padding)
+GENERATIONS_FILE = "generations.jsonl"
+
+
+class GenerationCase(NamedTuple):
+    """One generative-evaluation item: what the model is given and what it should write."""
+
+    prompt: str
+    reference: str
 
 
 class CausalLMTask(Task):
@@ -24,9 +44,49 @@ class CausalLMTask(Task):
     default_metric: ClassVar[str] = "eval_loss"
     metric_names: ClassVar[tuple[str, ...]] = ("eval_loss", "eval_perplexity")
 
+    default_generate_size: ClassVar[int] = 32  # held-out texts scored by generation
+
     def prompt_and_target(self, row: dict[str, Any]) -> tuple[str, str]:
         """Split a row into a context without loss and a target with loss."""
         return "", row["text"]
+
+    def generation_cases(self) -> list[GenerationCase]:
+        """Held-out texts cut in two: the first part is the prompt, the rest the reference."""
+        _, evaluation = self.rows()
+        cases = []
+        for row in evaluation.select(range(min(self.generate_size, len(evaluation)))):
+            prompt, target = self.prompt_and_target(row)
+            words = target.split()
+            head = max(1, len(words) // 3)  # a third of the target primes the continuation
+            cases.append(GenerationCase(prompt + " ".join(words[:head]), " ".join(words[head:])))
+        return cases
+
+    @property
+    def generate_size(self) -> int:
+        return self.recipe.eval.generate_size or self.default_generate_size
+
+    def hypothesis(self, case: GenerationCase, continuation: str) -> str:
+        """The text scored against the reference (the continuation, by default)."""
+        return continuation.strip()
+
+    def final_evaluation(
+        self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, run_dir: Path
+    ) -> dict:
+        """Generate for held-out prompts and score against references (chrF, BLEU, distinct-n).
+
+        Every prompt, continuation and reference is written to `generations.jsonl`.
+        """
+        if not self.recipe.eval.generate:
+            return {}
+        cases = self.generation_cases()
+        continuations = generate(model, tokenizer, [c.prompt for c in cases], self.recipe.generation)
+        hypotheses = [self.hypothesis(c, text) for c, text in zip(cases, continuations, strict=True)]
+        references = [case.reference for case in cases]
+        with (run_dir / GENERATIONS_FILE).open("w", encoding="utf-8") as stream:
+            for case, continuation in zip(cases, continuations, strict=True):
+                record = {"prompt": case.prompt, "continuation": continuation, "reference": case.reference}
+                stream.write(json.dumps(record) + "\n")
+        return score_generations(hypotheses, references, self.recipe.eval.metrics)
 
     def tokenize(self, rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> datasets.Dataset:
         max_length = self.recipe.data.max_length
@@ -60,6 +120,24 @@ class CausalLMTask(Task):
             loss_sum, tokens = loss_sum + sums.sum().item(), tokens + counts.sum().item()
         mean = loss_sum / max(tokens, 1)
         return {"eval_loss": mean, "eval_perplexity": math.exp(min(mean, 50)), "eval_tokens": int(tokens)}
+
+
+def score_generations(hypotheses: list[str], references: list[str], metrics: list[str]) -> dict:
+    """chrF, corpus and smoothed sentence BLEU (mean, best and worst tenth), distinct-1/2."""
+    sentence = bleu_summary(sentence_bleus(hypotheses, references))
+    scores = {
+        "gen_chrf": chrf(hypotheses, references),
+        "gen_bleu": corpus_bleu(hypotheses, references),
+        "gen_sentence_bleu_mean": sentence["mean"],
+        "gen_sentence_bleu_top10": sentence["top10_mean"],
+        "gen_sentence_bleu_bottom10": sentence["bottom10_mean"],
+        "gen_distinct_1": distinct_n(hypotheses, 1),
+        "gen_distinct_2": distinct_n(hypotheses, 2),
+        "gen_count": len(hypotheses),
+    }
+    for spec in metrics:
+        scores.update(evaluate_metric(spec, hypotheses, references))
+    return {**scores, "gen_signatures": signatures()}
 
 
 def per_example_token_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

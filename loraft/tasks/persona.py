@@ -8,7 +8,7 @@ import datasets
 
 from loraft.data import column_for, require_columns
 from loraft.errors import LoraftError
-from loraft.tasks.causal_lm import CausalLMTask
+from loraft.tasks.causal_lm import CausalLMTask, GenerationCase
 
 DEFAULT_TEMPLATE = "Q: {prompt}\nA:"
 
@@ -39,3 +39,9 @@ class PersonaTask(CausalLMTask):
 
     def prompt_and_target(self, row: dict[str, Any]) -> tuple[str, str]:
         return self.template.format(prompt=row["prompt"].strip()), " " + row["response"].strip()
+
+    def generation_cases(self) -> list[GenerationCase]:
+        """Held-out prompts in the template; the persona's own response is the reference."""
+        _, evaluation = self.rows()
+        rows = evaluation.select(range(min(self.generate_size, len(evaluation))))
+        return [GenerationCase(*self.prompt_and_target(row)) for row in rows]

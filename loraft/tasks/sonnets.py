@@ -8,7 +8,7 @@ import datasets
 
 from loraft.data import read_text, require_data_file
 from loraft.errors import LoraftError
-from loraft.tasks.causal_lm import CausalLMTask
+from loraft.tasks.causal_lm import CausalLMTask, GenerationCase
 
 SONNET_SPLIT = re.compile(r"\n\s*\d+\s*\n")  # the course's own splitter
 
@@ -25,6 +25,8 @@ def read_sonnets(path) -> list[str]:
 class SonnetsTask(CausalLMTask):
     """Each sonnet is one training text; `data.eval` (the gold held-out sonnets) gives perplexity."""
 
+    default_generate_size = 1000  # every held-out sonnet
+
     def load_rows(self) -> tuple[datasets.Dataset, datasets.Dataset]:
         data = self.recipe.data
         if not data.train:
@@ -39,3 +41,19 @@ class SonnetsTask(CausalLMTask):
             datasets.Dataset.from_dict({"text": train}),
             datasets.Dataset.from_dict({"text": evaluation}),
         )
+
+    def generation_cases(self) -> list[GenerationCase]:
+        """The course's protocol: the first 3 lines of each held-out sonnet, its gold text."""
+        data = self.recipe.data
+        if not (data.prompts and data.eval):
+            raise LoraftError("data.prompts and data.eval: sonnet chrF needs the prompt and gold files")
+        prompts = read_sonnets(require_data_file("data.prompts", data.prompts, self.roots))
+        gold = read_sonnets(require_data_file("data.eval", data.eval, self.roots))
+        if len(prompts) != len(gold):
+            raise LoraftError(f"data.prompts: {len(prompts)} prompts but {len(gold)} gold sonnets")
+        pairs = list(zip(prompts, gold, strict=True))[: self.generate_size]
+        return [GenerationCase(prompt.strip() + "\n", reference) for prompt, reference in pairs]
+
+    def hypothesis(self, case: GenerationCase, continuation: str) -> str:
+        """The whole sonnet (prompt lines included), as the course scores it."""
+        return (case.prompt + continuation).strip()

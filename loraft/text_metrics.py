@@ -1,0 +1,116 @@
+"""Scores for generated text: chrF and BLEU from sacrebleu, distinct-n, Hugging Face `evaluate`.
+
+Every hypothesis has exactly one reference. Scores are on sacrebleu's 0-100 scale.
+"""
+
+from __future__ import annotations
+
+from numbers import Number
+from pathlib import Path
+
+from sacrebleu.metrics import BLEU, CHRF
+
+from loraft.errors import LoraftError
+
+EVALUATE_PREFIX = "evaluate:"
+
+
+def chrf(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus chrF, sacrebleu's defaults (character 6-grams, beta 2): how CS224n scores sonnets."""
+    return CHRF().corpus_score(hypotheses, [references]).score
+
+
+def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus BLEU with sacrebleu's defaults (13a tokenization, exponential smoothing)."""
+    return BLEU().corpus_score(hypotheses, [references]).score
+
+
+def _sentence_bleu_metric() -> BLEU:
+    # sacrebleu's sentence-level defaults: "exp" smoothing (Chen & Cherry 2014, method 3) and
+    # effective order, so a short text is not scored 0 for lacking 4-grams. Unsmoothed sentence
+    # BLEU collapses to ~1e-158 whenever one n-gram order has no match, which says nothing.
+    return BLEU(smooth_method="exp", effective_order=True)
+
+
+def sentence_bleus(hypotheses: list[str], references: list[str]) -> list[float]:
+    """BLEU of each hypothesis against its reference (smoothed; see `_sentence_bleu_metric`)."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    metric = _sentence_bleu_metric()
+    pairs = zip(hypotheses, references, strict=True)
+    return [metric.sentence_score(hypothesis, [reference]).score for hypothesis, reference in pairs]
+
+
+def bleu_summary(scores: list[float]) -> dict[str, float]:
+    """Mean sentence BLEU, and the means of the best and worst tenth of the texts.
+
+    A tenth is `max(1, n // 10)` texts, so it never holds more than 10% of 10 or more texts.
+    """
+    if not scores:
+        raise ValueError("bleu_summary needs at least one score")
+    ranked = sorted(scores)
+    tenth = max(1, len(ranked) // 10)
+    return {
+        "mean": sum(ranked) / len(ranked),
+        "top10_mean": sum(ranked[-tenth:]) / tenth,
+        "bottom10_mean": sum(ranked[:tenth]) / tenth,
+    }
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Unique n-grams / all n-grams over whitespace tokens, counted within each text.
+
+    Written here because it is five lines and no maintained library ships it (Li et al. 2016).
+    0.0 when no text has n tokens.
+    """
+    if n < 1:
+        raise ValueError(f"distinct_n needs n >= 1, got {n}")
+    ngrams = []
+    for text in texts:
+        tokens = text.split()
+        ngrams.extend(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+    return len(set(ngrams)) / len(ngrams) if ngrams else 0.0
+
+
+def signatures() -> dict[str, str]:
+    """sacrebleu's signature of each metric above, to record next to the scores."""
+    metrics = {"chrf": CHRF(), "bleu": BLEU(), "sentence_bleu": _sentence_bleu_metric()}
+    signed = {}
+    for name, metric in metrics.items():
+        metric.corpus_score(["a"], [["a"]])  # the signature needs the reference count: one
+        signed[name] = str(metric.get_signature())
+    return signed
+
+
+def evaluate_metric(spec: str, predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Run a Hugging Face `evaluate` metric: `evaluate:<hub name>` or `evaluate:<local dir>`.
+
+    Returns the metric's numeric results under its own keys (lists and text are dropped).
+    """
+    if not spec.startswith(EVALUATE_PREFIX) or not spec[len(EVALUATE_PREFIX) :].strip():
+        raise LoraftError(f"eval.metrics: expected 'evaluate:<name or path>', got {spec!r}")
+    name = spec[len(EVALUATE_PREFIX) :].strip()
+    metric = _load_evaluate_metric(name)
+    results = metric.compute(predictions=predictions, references=references) or {}
+    return {key: float(value) for key, value in results.items() if _is_number(value)}
+
+
+def _is_number(value: object) -> bool:
+    # numpy scalars and 0-d arrays count too: metrics often return them
+    if getattr(value, "ndim", None) == 0:
+        value = value.item()
+    return isinstance(value, Number)
+
+
+def _load_evaluate_metric(name: str):
+    import evaluate  # slow to import (datasets, pandas): only when a recipe asks for it
+
+    path = Path(name).expanduser()
+    try:
+        return evaluate.load(str(path) if path.is_dir() else name)
+    except Exception as error:  # evaluate raises anything from FileNotFoundError to HTTP errors
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise LoraftError(
+            f"eval.metrics: cannot load Hugging Face metric {name!r} "
+            f"(offline, misspelt, or missing a dependency?): {reason}"
+        ) from None
