@@ -330,16 +330,44 @@ def _describe_validation_error(error: ValidationError, path: Path) -> str:
     loc = [str(part) for part in first["loc"] if not str(part).startswith("function-")]
     loc = [part for part in loc if part not in ("int", "tuple[int,int]", "literal[...]")]
     dotted = ".".join(loc) or "(top level)"
+    where = _where(path, loc)
     if first["type"] == "extra_forbidden":
-        return f"{path}: unknown key '{dotted}'{_suggestion(loc)}"
+        return f"{where}: unknown key '{dotted}'{_suggestion(loc)}"
     if first["type"] == "missing":
-        return f"{path}: missing required key '{dotted}'"
+        return f"{where}: missing required key '{dotted}'"
     message = first["msg"].removeprefix("Value error, ")
     if not loc:  # a whole-recipe check: its message names the fields itself
-        return f"{path}: {message}"
+        return f"{where}: {message}"
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
-    return f"{path}: {dotted}: {message}{shown}"
+    return f"{where}: {dotted}: {message}{shown}"
+
+
+def _where(path: Path, loc: list[str]) -> str:
+    """`file:line` of the key in the recipe or the base it extends; just the file if not found
+    there (the value came from a default or a command-line override)."""
+    current: Path | None = path
+    while current is not None and current.is_file():
+        root = yaml.compose(current.read_text(encoding="utf-8"))
+        line = _line_of(root, loc)
+        if line is not None:
+            return f"{current}:{line}"
+        extends = _read_yaml_mapping(current).get("extends")
+        current = current.parent / extends if isinstance(extends, str) else None
+    return str(path)
+
+
+def _line_of(node: yaml.Node | None, keys: list[str]) -> int | None:
+    """1-based line of the deepest key of `keys` found along the path in a composed YAML tree."""
+    line = None
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            return line
+        match = next(((k, v) for k, v in node.value if k.value == key), None)
+        if match is None:
+            return line
+        line, node = match[0].start_mark.line + 1, match[1]
+    return line
 
 
 def _suggestion(loc: list[str]) -> str:

@@ -110,3 +110,24 @@ def test_text_task_packs_passages_into_full_blocks(tiny_model_dir: Path) -> None
     )
     lengths = [len(ids) for ids in blocks["input_ids"]]
     assert set(lengths[:-1]) == {64}
+
+
+def test_a_missing_local_file_falls_back_to_the_recipe_hub_dataset(tmp_path: Path, monkeypatch) -> None:
+    """Users online run `loraft train recipes/news.yaml` without the CSV: the hub copy is used."""
+    import datasets
+
+    import loraft.tasks.base as base
+
+    asked = []
+
+    def fake_hub(hub, split):
+        asked.append((hub.id, split))
+        return datasets.Dataset.from_dict(
+            {"text": [f"Story {i} of {split}." for i in range(30)], "label": [0] * 30}
+        )
+
+    monkeypatch.setattr(base, "load_hub_split", fake_hub)
+    recipe = load_recipe(RECIPES / "news.yaml", ["data.train_size=20", "data.eval_size=5"])
+    train, evaluation = build_task(recipe, [tmp_path]).load_rows()
+    assert asked == [("fancyzhx/ag_news", "train"), ("fancyzhx/ag_news", "test")]
+    assert len(train) == 20 and evaluation[0]["text"].endswith("of test.")

@@ -102,3 +102,11 @@ def test_readme_recipe_reference_matches_the_schema() -> None:
     readme = (RECIPES[0].parents[1] / "README.md").read_text()
     block = readme.split("<!-- recipe-reference:start -->")[1].split("<!-- recipe-reference:end -->")[0]
     assert [line for line in block.strip().splitlines()[2:]] == field_reference()
+
+
+def test_errors_point_at_the_line_even_in_a_base_recipe(tmp_path: Path) -> None:
+    write(tmp_path, "task: news\ntrain:\n  epochs: 2\n  lrr: 0.1\n", "base.yaml")
+    write(tmp_path, "extends: base.yaml\nmethod: full\n", "variant.yaml")
+    with pytest.raises(LoraftError) as error:
+        load_recipe(tmp_path / "variant.yaml")
+    assert str(error.value).startswith(f"{tmp_path / 'base.yaml'}:4: unknown key 'train.lrr'")
