@@ -82,6 +82,21 @@ def study(
 
 
 @app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="finished run directories")],
+    plot: Annotated[Path | None, typer.Option(help="also write a PNG of curves and bars")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Runs side by side: trainable %, time, tokens/s, peak memory and best metrics."""
+    from loraft.report import compare_runs, format_comparison, plot_comparison
+
+    rows = compare_runs(run_dirs)
+    typer.echo(json.dumps(rows, indent=2) if as_json else format_comparison(rows))
+    if plot is not None:
+        typer.echo(f"plot: {plot_comparison(run_dirs, rows, plot)}")
+
+
+@app.command()
 def fields() -> None:
     """Every recipe key with its default and meaning (the schema is the source of truth)."""
     from loraft.recipe import field_reference

@@ -9,7 +9,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from loraft.recipe import load_recipe
 from loraft.tokenizer import train_byte_level_bpe
+from loraft.trainer import train_recipe
 
 # Tiny models gain nothing from threads, and on a shared 2-core machine oversubscribed
 # threads make a 20 ms step take a second. Subprocesses inherit the variable.
@@ -55,3 +57,26 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     GPT2LMHeadModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A LoRA and a full news run of the tiny model (10 steps each, no generative eval)."""
+    shared_file("ag_news/news.csv")
+    made = {}
+    for method in ("lora", "full"):
+        run = tmp_path_factory.mktemp(method)
+        overrides = [
+            f"model.name={tiny_model_dir}",
+            f"method={method}",
+            f"output_dir={run}",
+            "train.max_steps=10",
+            "data.train_size=80",
+            "data.eval_size=16",
+            "data.max_length=32",
+            "eval.generate=false",
+            "train.lr=1e-2",
+        ]
+        train_recipe(load_recipe(REPO / "recipes" / "news.yaml", overrides), SHARED_DATA, overwrite=True)
+        made[method] = run
+    return made

@@ -23,29 +23,6 @@ def loraft(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(scope="module")
-def runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A LoRA and a full news run of the tiny model (10 steps each, no generative eval)."""
-    shared_file("ag_news/news.csv")
-    made = {}
-    for method in ("lora", "full"):
-        run = tmp_path_factory.mktemp(method)
-        overrides = [
-            f"model.name={tiny_model_dir}",
-            f"method={method}",
-            f"output_dir={run}",
-            "train.max_steps=10",
-            "data.train_size=80",
-            "data.eval_size=16",
-            "data.max_length=32",
-            "eval.generate=false",
-            "train.lr=1e-2",
-        ]
-        train_recipe(load_recipe(REPO / "recipes" / "news.yaml", overrides), SHARED_DATA, overwrite=True)
-        made[method] = run
-    return made
-
-
 def generated(*args: str) -> list[dict]:
     result = loraft("generate", *args, "--json", "--max-new-tokens", "12", "--strategy", "greedy")
     assert result.returncode == 0, result.stderr[-2000:]
