@@ -4,7 +4,8 @@ Builds a random-init GPT-2 small (GPT2Config() defaults, 124M parameters), promp
 token ids (no tokenizer needed) and times `loraft.generation.generate_token_ids` in each mode,
 end-of-text disabled so every mode generates exactly --new-tokens tokens per prompt:
 
-    python benchmarks/generation_speed.py [--new-tokens 256] [--window 100-200] [--json]
+    python benchmarks/generation_speed.py [--new-tokens 256] [--window 100-200] [--threads N]
+        [--json]
 
 Timings on a shared machine move with its load: the report records the load average.
 """
@@ -32,6 +33,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prompt-tokens", type=int, default=32, help="random prompt length")
     parser.add_argument("--batch-size", type=int, default=1, help="prompts decoded together")
     parser.add_argument("--window", default="100-200", help="context window: W, or lo-hi")
+    parser.add_argument("--threads", type=int, help="torch threads; default: torch's choice")
     parser.add_argument("--json", action="store_true", help="print one JSON object, no table")
     return parser.parse_args()
 
@@ -66,6 +68,8 @@ def time_mode(model, prompts: list[list[int]], fields: dict, use_cache: bool, to
 
 def main() -> None:
     args = parse_args()
+    if args.threads:  # on a busy machine one thread can beat two that wait on each other
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config()).eval()
     vocab_size = model.config.vocab_size

@@ -186,16 +186,20 @@ def _metric_lines(metrics: dict) -> str:
 
 
 def _summary_lines(summary: dict) -> str:
-    best = ", ".join(
-        f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}"
-        for key, value in summary["best_eval"].items()
-        if not isinstance(value, (list, dict))
-    )
     return (
         f"done in {summary['wall_s']:.1f}s: {summary['steps']} steps, "
         f"{summary['train_tokens_per_s']:,.0f} tokens/s, peak memory {summary['peak_memory_mb']:,.0f} MB\n"
-        f"best checkpoint: {best}\n"
+        f"final eval: {_scalars(summary['final_eval'])}\n"
+        f"best checkpoint: {_scalars(summary['best_eval'])}\n"
         f"run directory: {summary['run_dir']}"
+    )
+
+
+def _scalars(metrics: dict) -> str:
+    return ", ".join(
+        f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in metrics.items()
+        if not isinstance(value, (list, dict))
     )
 
 

@@ -378,10 +378,10 @@ def test_cfimdb_full_beats_the_majority_class_and_predicts_the_test_file(
     test_file = shared_file("cs224n/ids-cfimdb-test-student.csv")
     overrides = ["train.max_steps=200", "train.eval_every=200", "train.lr=2e-3", "data.max_length=48"]
     summary = train_tiny(tmp_path, tiny_model_dir, "cfimdb-lora.yaml", *overrides)
-    final = summary["final_eval"]
-    assert final["eval_accuracy"] > majority + 0.05, (final["eval_accuracy"], majority)
-    assert len(final["eval_confusion_matrix"]) == 2 and final["labels"] == ["0", "1"]
-    with open(final["predictions_file"], encoding="utf-8", newline="") as stream:
+    best = summary["best_eval"]  # predictions come from the best checkpoint
+    assert best["eval_accuracy"] > majority + 0.05, (best["eval_accuracy"], majority)
+    assert len(best["eval_confusion_matrix"]) == 2 and best["labels"] == ["0", "1"]
+    with open(best["predictions_file"], encoding="utf-8", newline="") as stream:
         predictions = list(csv.reader(stream))
     expected_ids = read_table(test_file)["id"]
     assert predictions[0] == ["id", "label"]
