@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.utils import logging as transformers_logging
 
 from loraft.data import data_roots, require_data_file
 from loraft.tokenizer import train_byte_level_bpe
@@ -62,6 +63,7 @@ def train(model_dir: Path, run_dir: Path, method_overrides: list[str], args: arg
 
 def main() -> None:
     args = parse_args()
+    transformers_logging.disable_progress_bar()
     news = require_data_file("--data-root", "ag_news/news.csv", data_roots(args.data_root))
     results = {}
     with tempfile.TemporaryDirectory() as temporary:
