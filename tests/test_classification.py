@@ -403,3 +403,29 @@ def test_mrpc_pairs_train_end_to_end(tmp_path: Path, tiny_model_dir: Path) -> No
     assert summary["method"] == "lora" and summary["eval_examples"] == 200
     assert sum(map(sum, final["eval_confusion_matrix"])) == 200
     assert set(final) >= {"eval_accuracy", "eval_macro_f1", "eval_loss"}
+
+
+@pytest.mark.parametrize("method", ["head", "lora", "full"])
+def test_eval_of_a_saved_run_reproduces_the_recorded_metrics(
+    tmp_path: Path, tiny_model_dir: Path, method: str
+) -> None:
+    """`loraft eval RUN_DIR` rebuilds each kind of saved classifier and scores it the same."""
+    from loraft.evaluation import evaluate_run
+
+    overrides = [
+        f"method={method}",
+        "train.max_steps=12",
+        "train.eval_every=6",
+        "train.lr=2e-3",
+        "data.max_length=32",
+        "data.train_size=200",
+        "data.eval_size=120",
+        "data.predict=null",
+    ]
+    summary = train_tiny(tmp_path, tiny_model_dir, "sst-lora.yaml", *overrides)
+    replay = evaluate_run(tmp_path / "sst-lora", data_root=SHARED_DATA)
+    best = summary["best_eval"]
+    assert replay["eval_accuracy"] == best["eval_accuracy"]
+    assert replay["eval_macro_f1"] == pytest.approx(best["eval_macro_f1"])
+    assert replay["eval_confusion_matrix"] == best["eval_confusion_matrix"]
+    assert replay["eval_loss"] == pytest.approx(best["eval_loss"], rel=1e-5)
