@@ -7,6 +7,7 @@ evaluation, and best/last checkpoints.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import time
@@ -58,6 +59,7 @@ class Progress:
 def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite: bool = False) -> TrainResult:
     """Run a recipe end to end; the summary is also written to the run's summary.json."""
     started = time.perf_counter()
+    require_tracker(recipe.train.tracker)
     accelerator = Accelerator(
         cpu=multi_process_cpu(),
         mixed_precision="no" if recipe.train.precision == "fp32" else recipe.train.precision,
@@ -120,6 +122,13 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
         run.write_summary(summary)
     accelerator.end_training()
     return TrainResult(summary, accelerator.unwrap_model(model), tokenizer, accelerator.is_main_process)
+
+
+def require_tracker(tracker: str) -> None:
+    """An extra logger must be installed before anything runs (it is an optional extra)."""
+    module = {"wandb": "wandb", "tensorboard": "tensorboard"}.get(tracker)
+    if module and importlib.util.find_spec(module) is None:
+        raise LoraftError(f"train.tracker: {tracker} is not installed; pip install 'loraft[{tracker}]'")
 
 
 def warn_about_slow_precision(precision: str, accelerator: Accelerator) -> None:

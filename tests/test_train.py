@@ -226,3 +226,14 @@ def test_two_process_ddp_on_cpu_matches_a_single_process_evaluation(
     single = json.loads(replay.stdout)
     assert single["eval_tokens"] == summary["final_eval"]["eval_tokens"]
     assert single["eval_loss"] == pytest.approx(summary["final_eval"]["eval_loss"], rel=1e-6)
+
+
+def test_a_tracker_that_is_not_installed_is_named_before_anything_runs(tmp_path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    result = loraft("train", "recipes/quickstart.yaml", "train.tracker=wandb", f"output_dir={tmp_path / 'r'}")
+    assert result.returncode == 2
+    assert "train.tracker: wandb is not installed; pip install 'loraft[wandb]'" in result.stderr
+    assert not (tmp_path / "r").exists()
