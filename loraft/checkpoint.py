@@ -15,7 +15,12 @@ from typing import Any
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
 
 from loraft.errors import LoraftError
 from loraft.model import build_model
@@ -51,7 +56,7 @@ def save_checkpoint(
     staging.rename(directory)
 
 
-def save_base_model(run: RunDirectory, model: torch.nn.Module, recipe: Recipe) -> None:
+def save_base_model(run: RunDirectory, model: torch.nn.Module) -> None:
     """A from-scratch base must be kept for LoRA/head runs: nothing else can rebuild it."""
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     base.save_pretrained(run.base_model_path, safe_serialization=True)
@@ -77,13 +82,13 @@ def load_checkpoint(
     base = build_model(base_recipe, kind, tokenizer, num_labels)
     if recipe.method == "lora":
         return PeftModel.from_pretrained(base, directory), tokenizer
-    base.load_state_dict(load_file(directory / HEAD_FILE), strict=False)
+    unexpected = base.load_state_dict(load_file(directory / HEAD_FILE), strict=False).unexpected_keys
+    if unexpected:
+        raise LoraftError(f"{directory / HEAD_FILE}: weights for layers the model lacks: {unexpected[:3]}")
     return base, tokenizer
 
 
 def _load_full(directory: Path, kind: str) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
     auto = AutoModelForSequenceClassification if kind == "classification" else AutoModelForCausalLM
     return auto.from_pretrained(directory)
 

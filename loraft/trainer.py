@@ -84,7 +84,7 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
     if run is not None:
         run.write_recipe(recipe)
         if recipe.model.config is not None and recipe.method != "full":
-            save_base_model(run, model, recipe)
+            save_base_model(run, model)
 
     loop = TrainingLoop(recipe, task, tokenizer, accelerator, run)
     train_set, eval_set = task.tokenize(train_rows, tokenizer), task.tokenize(eval_rows, tokenizer)
@@ -96,6 +96,23 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
         best_model, _ = load_checkpoint(run, "best", recipe, task.kind, **task.model_options())
         best_extra = task.final_evaluation(best_model.to(accelerator.device), tokenizer, recipe.run_dir)
     summary = {
+        **describe_run(recipe, trainable, total, len(train_rows), len(eval_rows)),
+        **describe_progress(progress),
+        "peak_memory_mb": peak_memory_mb(accelerator.device),
+        "wall_s": time.perf_counter() - started,
+        "best_metric": loop.metric,
+        "best_eval": {**progress.best_eval, **best_extra},
+        **environment_facts(accelerator, recipe.train.precision),
+    }
+    if run is not None:
+        run.write_summary(summary)
+    accelerator.end_training()
+    return TrainResult(summary, accelerator.unwrap_model(model), tokenizer, accelerator.is_main_process)
+
+
+def describe_run(recipe: Recipe, trainable: int, total: int, train_rows: int, eval_rows: int) -> dict:
+    """The summary's identity and parameter accounting."""
+    return {
         "name": recipe.name,
         "run_dir": str(recipe.run_dir),
         "task": recipe.task,
@@ -104,24 +121,21 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
         "trainable_params": trainable,
         "total_params": total,
         "trainable_pct": 100 * trainable / total,
-        "train_examples": len(train_rows),
-        "eval_examples": len(eval_rows),
+        "train_examples": train_rows,
+        "eval_examples": eval_rows,
+    }
+
+
+def describe_progress(progress: Progress) -> dict:
+    """The summary's training figures: tokens/s counts non-padding tokens of training steps."""
+    return {
         "steps": progress.step,
         "train_tokens": progress.train_tokens,
         "train_s": progress.train_s,
         "train_tokens_per_s": progress.train_tokens / max(progress.train_s, 1e-9),
-        "peak_memory_mb": peak_memory_mb(accelerator.device),
-        "wall_s": time.perf_counter() - started,
         "final_eval": progress.last_eval,
-        "best_metric": loop.metric,
         "best_step": progress.best_step,
-        "best_eval": {**progress.best_eval, **best_extra},
-        **environment_facts(accelerator, recipe.train.precision),
     }
-    if run is not None:
-        run.write_summary(summary)
-    accelerator.end_training()
-    return TrainResult(summary, accelerator.unwrap_model(model), tokenizer, accelerator.is_main_process)
 
 
 def require_tracker(tracker: str) -> None:
