@@ -154,19 +154,30 @@ def generate(
     """Continue prompts with a trained run or a model; options override the run's recipe."""
     from loraft.generation import generate as generate_texts
     from loraft.inference import load_generator, read_prompts
-    from loraft.recipe import GenerationSection
 
     prompts = read_prompts(prompt or [], prompts_file)
     model, tokenizer, settings = load_generator(target, checkpoint)
-    given = {key: value for key, value in locals().items() if key in GenerationSection.model_fields}
-    if context_window is not None:
-        given["context_window"] = [int(part) for part in context_window.split(",")]
-        if len(given["context_window"]) == 1:
-            given["context_window"] = given["context_window"][0]
+    given = {
+        "strategy": strategy, "max_new_tokens": max_new_tokens, "temperature": temperature,
+        "top_k": top_k, "top_p": top_p, "num_beams": num_beams, "seed": seed, "prefix": prefix,
+        "repetition_penalty": repetition_penalty, "batch_size": batch_size,
+        "context_window": _parse_window(context_window), "context_mode": context_mode,
+    }  # fmt: skip
     settings = _with_overrides(settings, {k: v for k, v in given.items() if v is not None})
     for text, continuation in zip(prompts, generate_texts(model, tokenizer, prompts, settings), strict=True):
         record = {"prompt": text, "continuation": continuation}
         typer.echo(json.dumps(record) if as_json else f"{text}\033[1m{continuation}\033[0m\n")
+
+
+def _parse_window(text: str | None) -> int | list[int] | None:
+    """`W` or `LO,HI` from the command line."""
+    if text is None:
+        return None
+    try:
+        parts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise LoraftError(f"--context-window: expected W or LO,HI (integers), got {text!r}") from None
+    return parts[0] if len(parts) == 1 else parts
 
 
 def _with_overrides(settings, changes: dict):

@@ -55,6 +55,7 @@ def test_generate_errors_are_one_line(runs: dict, tmp_path: Path) -> None:
         ([str(runs["lora"])], "give at least one --prompt"),
         ([str(tmp_path / "none"), "--prompt", "x"], "not a run directory, and not a loadable model"),
         ([str(runs["lora"]), "--prompt", "x", "--top-p", "2"], "--top-p: Input should be less than"),
+        ([str(runs["lora"]), "--prompt", "x", "--context-window", "a"], "--context-window: expected W"),
     ]:
         result = loraft("generate", *args)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
