@@ -392,8 +392,7 @@ def test_cfimdb_full_beats_the_majority_class_and_predicts_the_test_file(
 def test_mrpc_pairs_train_end_to_end(tmp_path: Path, tiny_model_dir: Path) -> None:
     """Budget: 60 steps of 16 pairs (64 tokens), LoRA, 400 MRPC training rows: ~3 s.
 
-    Mechanics only: beating MRPC's majority (0.69) needs a model that compares the two
-    sentences, which a random-init tiny GPT-2 does not learn in seconds (400 full steps: 0.70).
+    The LoRA mechanics on pairs; accuracy is checked by the full run below.
     """
     shared_file("mrpc/msr_paraphrase_train.txt")
     overrides = ["method=lora", "train.max_steps=60", "train.lr=5e-3", "data.max_length=64"]
@@ -429,3 +428,18 @@ def test_eval_of_a_saved_run_reproduces_the_recorded_metrics(
     assert replay["eval_macro_f1"] == pytest.approx(best["eval_macro_f1"])
     assert replay["eval_confusion_matrix"] == best["eval_confusion_matrix"]
     assert replay["eval_loss"] == pytest.approx(best["eval_loss"], rel=1e-5)
+
+
+def test_mrpc_full_beats_the_majority_class(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Budget: 400 steps of 16 pairs (64 tokens), lr 2e-3, full fine-tuning: ~20 s.
+
+    A thin margin, honestly: the tiny random-init model reaches 0.70-0.71 dev accuracy at its
+    best checkpoint against 0.69 for the majority class (seeds 11711, 1, 2 tried); the dev
+    split is the 10% of MRPC train the recipe holds out.
+    """
+    shared_file("mrpc/msr_paraphrase_train.txt")
+    overrides = ["train.max_steps=400", "train.eval_every=100", "train.lr=2e-3", "data.max_length=64"]
+    summary = train_tiny(tmp_path, tiny_model_dir, "mrpc-lora.yaml", *overrides)
+    matrix = summary["best_eval"]["eval_confusion_matrix"]
+    majority = max(sum(row) for row in matrix) / sum(map(sum, matrix))
+    assert summary["best_eval"]["eval_accuracy"] > majority, (summary["best_eval"]["eval_accuracy"], majority)
