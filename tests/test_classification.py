@@ -45,15 +45,7 @@ CLASSIFICATION_RECIPES = [
     }.items()
     for method in methods
 ]
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "LORAFT_DATA_ROOT": str(SHARED_DATA)}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+WITH_DATA = {**os.environ, "LORAFT_DATA_ROOT": str(SHARED_DATA)}  # conftest pins one thread
 
 
 def task_for(recipe_name: str, *overrides: str) -> ClassificationTask:
@@ -70,7 +62,7 @@ def write_sst_file(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 def loraft(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "loraft", *args]
-    return subprocess.run(command, cwd=cwd, env=ONE_THREAD, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=cwd, env=WITH_DATA, capture_output=True, text=True, timeout=300)
 
 
 # --- recipes ----------------------------------------------------------------------------------
@@ -321,7 +313,7 @@ def test_lora_classifier_reloads_in_a_fresh_process(tmp_path: Path, tiny_model_d
             result.model.eval(), task.collate([{"input_ids": i} for i in ids], result.tokenizer)
         )
     script = [sys.executable, "-c", RELOAD_SCRIPT, str(run_dir), json.dumps(ids)]
-    reloaded = subprocess.run(script, cwd=REPO, env=ONE_THREAD, capture_output=True, text=True, timeout=120)
+    reloaded = subprocess.run(script, cwd=REPO, env=WITH_DATA, capture_output=True, text=True, timeout=120)
     assert reloaded.returncode == 0, reloaded.stderr
     after = torch.tensor(json.loads(reloaded.stdout.strip().splitlines()[-1]))
     assert after.argmax(-1).tolist() == before.argmax(-1).tolist()
