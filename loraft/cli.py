@@ -48,72 +48,6 @@ def train(
         typer.echo(_summary_lines(result.summary))
 
 
-@app.command()
-def validate(recipes: Annotated[list[Path], typer.Argument(help="recipe files")]) -> None:
-    """Check recipes without running them."""
-    from loraft.recipe import load_recipe
-
-    failures = 0
-    for path in recipes:
-        try:
-            loaded = load_recipe(path)
-            typer.echo(f"ok    {path} (task {loaded.task}, method {loaded.method})")
-        except LoraftError as error:
-            failures += 1
-            typer.echo(f"error {error}", err=True)
-    if failures:
-        raise typer.Exit(2)
-
-
-@app.command()
-def study(
-    recipe: RecipeArg,
-    overrides: Overrides = None,
-    data_root: DataRoot = None,
-    overwrite: Annotated[bool, typer.Option(help="replace an existing study.json")] = False,
-    as_json: JsonFlag = False,
-) -> None:
-    """Compare decoders (standard vs shortened context) on one model and the same prompts."""
-    from loraft.recipe import load_recipe
-    from loraft.study import format_study, run_study
-
-    results = run_study(load_recipe(recipe, overrides), data_root, overwrite)
-    typer.echo(json.dumps(results, indent=2) if as_json else format_study(results))
-
-
-@app.command()
-def compare(
-    run_dirs: Annotated[list[Path], typer.Argument(help="finished run directories")],
-    plot: Annotated[Path | None, typer.Option(help="also write a PNG of curves and bars")] = None,
-    as_json: JsonFlag = False,
-) -> None:
-    """Runs side by side: trainable %, time, tokens/s, peak memory and best metrics."""
-    from loraft.report import compare_runs, format_comparison, plot_comparison
-
-    rows = compare_runs(run_dirs)
-    typer.echo(json.dumps(rows, indent=2) if as_json else format_comparison(rows))
-    if plot is not None:
-        typer.echo(f"plot: {plot_comparison(run_dirs, rows, plot)}")
-
-
-@app.command()
-def fields() -> None:
-    """Every recipe key with its default and meaning (the schema is the source of truth)."""
-    from loraft.recipe import field_reference
-
-    typer.echo("| key | default | meaning |\n|---|---|---|\n" + "\n".join(field_reference()))
-
-
-@app.command()
-def plan(recipe: RecipeArg, overrides: Overrides = None, as_json: JsonFlag = False) -> None:
-    """Parameter counts and a memory estimate for a recipe, without downloading weights."""
-    from loraft.plan import format_plan, plan_recipe
-    from loraft.recipe import load_recipe
-
-    result = plan_recipe(load_recipe(recipe, overrides))
-    typer.echo(json.dumps(result, indent=2) if as_json else format_plan(result))
-
-
 @app.command("eval")
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="a run directory written by `loraft train`")],
@@ -167,6 +101,72 @@ def generate(
     for text, continuation in zip(prompts, generate_texts(model, tokenizer, prompts, settings), strict=True):
         record = {"prompt": text, "continuation": continuation}
         typer.echo(json.dumps(record) if as_json else f"{text}\033[1m{continuation}\033[0m\n")
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="finished run directories")],
+    plot: Annotated[Path | None, typer.Option(help="also write a PNG of curves and bars")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Runs side by side: trainable %, time, tokens/s, peak memory and best metrics."""
+    from loraft.report import compare_runs, format_comparison, plot_comparison
+
+    rows = compare_runs(run_dirs)
+    typer.echo(json.dumps(rows, indent=2) if as_json else format_comparison(rows))
+    if plot is not None:
+        typer.echo(f"plot: {plot_comparison(run_dirs, rows, plot)}")
+
+
+@app.command()
+def plan(recipe: RecipeArg, overrides: Overrides = None, as_json: JsonFlag = False) -> None:
+    """Parameter counts and a memory estimate for a recipe, without downloading weights."""
+    from loraft.plan import format_plan, plan_recipe
+    from loraft.recipe import load_recipe
+
+    result = plan_recipe(load_recipe(recipe, overrides))
+    typer.echo(json.dumps(result, indent=2) if as_json else format_plan(result))
+
+
+@app.command()
+def validate(recipes: Annotated[list[Path], typer.Argument(help="recipe files")]) -> None:
+    """Check recipes without running them."""
+    from loraft.recipe import load_recipe
+
+    failures = 0
+    for path in recipes:
+        try:
+            loaded = load_recipe(path)
+            typer.echo(f"ok    {path} (task {loaded.task}, method {loaded.method})")
+        except LoraftError as error:
+            failures += 1
+            typer.echo(f"error {error}", err=True)
+    if failures:
+        raise typer.Exit(2)
+
+
+@app.command()
+def study(
+    recipe: RecipeArg,
+    overrides: Overrides = None,
+    data_root: DataRoot = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing study.json")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare decoders (standard vs shortened context) on one model and the same prompts."""
+    from loraft.recipe import load_recipe
+    from loraft.study import format_study, run_study
+
+    results = run_study(load_recipe(recipe, overrides), data_root, overwrite)
+    typer.echo(json.dumps(results, indent=2) if as_json else format_study(results))
+
+
+@app.command()
+def fields() -> None:
+    """Every recipe key with its default and meaning (the schema is the source of truth)."""
+    from loraft.recipe import field_reference
+
+    typer.echo("| key | default | meaning |\n|---|---|---|\n" + "\n".join(field_reference()))
 
 
 def _parse_window(text: str | None) -> int | list[int] | None:
