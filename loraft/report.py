@@ -40,7 +40,7 @@ def format_comparison(rows: list[dict]) -> str:
         [
             Path(row["run"]).name,
             *(fmt.format(row[key]) for key, _, fmt in COLUMNS),
-            *(f"{row[key]:.4f}" for key in shared),
+            *(f"{row[key]:.4f}" if isinstance(row[key], float) else str(row[key]) for key in shared),
         ]
         for row in rows
     ]
