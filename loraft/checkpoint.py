@@ -66,6 +66,8 @@ def load_checkpoint(
     run: RunDirectory, name: str, recipe: Recipe, kind: str, num_labels: int = 0
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """Rebuild the trained model of a run from checkpoint `name` (best or last)."""
+    if name not in ("best", "last"):
+        raise LoraftError(f"--checkpoint: expected best or last, got '{name}'")
     directory = run.checkpoint(name)
     if not directory.is_dir():
         raise LoraftError(f"{directory}: no such checkpoint (expected best or last)")

@@ -188,8 +188,10 @@ def _with_overrides(settings, changes: dict):
         return type(settings).model_validate({**settings.model_dump(), **changes})
     except ValidationError as error:
         first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"][:1])
-        raise LoraftError(f"--{field.replace('_', '-')}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        if not first["loc"]:  # a check across fields names them itself
+            raise LoraftError(f"generation settings: {message}") from None
+        raise LoraftError(f"--{str(first['loc'][0]).replace('_', '-')}: {message}") from None
 
 
 def _metric_lines(metrics: dict) -> str:
@@ -218,9 +220,11 @@ def _quiet_libraries() -> None:
     """Hide the libraries' per-file progress bars and advisory warnings; ours show progress."""
     import warnings
 
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()  # no retry chatter when the hub is unreachable
     transformers_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=UserWarning, module="peft")
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")

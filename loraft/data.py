@@ -59,6 +59,8 @@ def read_table(path: Path, column_names: list[str] | None = None) -> datasets.Da
     Tab-separated files are read with quoting off: the CS224n and MRPC files contain bare
     quote characters that a CSV parser would take for field delimiters.
     """
+    if path.stat().st_size == 0:
+        raise LoraftError(f"{path}: the file is empty")
     if path.suffix in (".jsonl", ".json"):
         table = _load(path, "json", data_files=str(path))
     else:
@@ -81,19 +83,29 @@ def read_table(path: Path, column_names: list[str] | None = None) -> datasets.Da
 
 def read_text(path: Path) -> str:
     """A whole text file, with Windows line ends normalised."""
-    text = path.read_text(encoding="utf-8-sig").replace("\r\n", "\n")
+    try:
+        text = path.read_text(encoding="utf-8-sig").replace("\r\n", "\n")
+    except UnicodeDecodeError:
+        raise LoraftError(f"{path}: not UTF-8 text") from None
     if not text.strip():
         raise LoraftError(f"{path}: the file is empty")
     return text
 
 
-def load_hub_split(hub: HubData, split: str) -> datasets.Dataset:
-    """One split of a hub dataset (users online); failures become one line."""
+def load_hub_split(hub: HubData, split: str, why: str = "") -> datasets.Dataset:
+    """One split of a hub dataset (users online); failures become one line.
+
+    `why` says why the hub is used (a local file that was not found), so that an offline
+    user learns about the missing file, not only about the unreachable hub.
+    """
     try:
         return datasets.load_dataset(hub.id, hub.config, split=split)
     except Exception as error:  # datasets raises many types; all mean "cannot get it"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise LoraftError(f"data.hub: cannot load '{hub.id}' split '{split}': {reason}") from None
+        raise LoraftError(
+            f"data.train: {why}and the hub copy '{hub.id}' (split '{split}') cannot be loaded: {reason}; "
+            "set --data-root or LORAFT_DATA_ROOT (see data/README.md)"
+        ) from None
 
 
 def require_columns(table: datasets.Dataset, needed: list[str], where: str) -> None:

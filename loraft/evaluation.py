@@ -38,5 +38,8 @@ def evaluate_run(
     model.eval()
     with torch.inference_mode():
         metrics = task.evaluate(model, loader, accelerator)
-    metrics.update(task.final_evaluation(accelerator.unwrap_model(model), tokenizer, run.path))
+    # Files it writes (generations, predictions) go beside the run's own, never over them.
+    output = run.path / f"eval-{checkpoint}"
+    output.mkdir(exist_ok=True)
+    metrics.update(task.final_evaluation(accelerator.unwrap_model(model), tokenizer, output))
     return {"checkpoint": checkpoint, **metrics}

@@ -42,7 +42,10 @@ def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
     if prompts_file is not None:
         if not prompts_file.is_file():
             raise LoraftError(f"--prompts-file: '{prompts_file}' not found")
-        text = prompts_file.read_text(encoding="utf-8")
+        try:
+            text = prompts_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise LoraftError(f"--prompts-file: '{prompts_file}' is not UTF-8 text") from None
         collected += [line.replace("\\n", "\n") for line in text.splitlines() if line.strip()]
     if not collected:
         raise LoraftError("give at least one --prompt TEXT or a --prompts-file FILE")

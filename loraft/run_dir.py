@@ -26,16 +26,34 @@ class RunDirectory:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, path: str | Path, overwrite: bool = False) -> RunDirectory:
-        """A fresh run directory. An existing non-empty one is an error unless `overwrite`."""
+    def check_available(cls, path: str | Path, overwrite: bool = False) -> RunDirectory:
+        """Fail early when `path` cannot become this run's directory; deletes nothing.
+
+        A non-empty directory is refused unless `overwrite`, and even then only if it is a
+        loraft run (it has a recipe.yaml): `--overwrite` never deletes anything else.
+        """
         run = cls(path)
-        if run.path.exists() and any(run.path.iterdir()):
+        if run.path.exists() and not run.path.is_dir():
+            raise LoraftError(f"output_dir: {run.path} is a file, not a directory")
+        if run.path.is_dir() and any(run.path.iterdir()):
+            if not run.recipe_path.is_file():
+                raise LoraftError(
+                    f"output_dir: {run.path} is not empty and is not a loraft run; "
+                    "choose another output_dir=... (loraft never deletes it)"
+                )
             if not overwrite:
                 state = "a finished run" if run.summary_path.exists() else "an unfinished run"
                 raise LoraftError(
                     f"{run.path}: {state} is already there; pass --overwrite to replace it "
                     "or choose another output_dir=..."
                 )
+        return run
+
+    @classmethod
+    def create(cls, path: str | Path, overwrite: bool = False) -> RunDirectory:
+        """A fresh run directory, replacing an earlier run only if `overwrite` (see above)."""
+        run = cls.check_available(path, overwrite)
+        if run.path.is_dir() and any(run.path.iterdir()):
             shutil.rmtree(run.path)
         run.path.mkdir(parents=True, exist_ok=True)
         return run

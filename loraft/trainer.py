@@ -68,14 +68,19 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
         log_with=None if recipe.train.tracker == "none" else recipe.train.tracker,
         project_dir=str(recipe.run_dir),
     )
-    run = RunDirectory.create(recipe.run_dir, overwrite) if accelerator.is_main_process else None
-    accelerator.wait_for_everyone()
+    RunDirectory.check_available(recipe.run_dir, overwrite)  # before minutes of loading
     set_seed(recipe.train.seed)
 
     task = build_task(recipe, data_roots(data_root))
     train_rows, eval_rows = task.rows()
     tokenizer = build_tokenizer(recipe, task.texts_for_tokenizer(train_rows))
     model = build_model(recipe, task.kind, tokenizer, **task.model_options())
+    check_context(recipe, model)
+    loop = TrainingLoop(recipe, task, tokenizer, accelerator)
+    # Everything is validated: only now is an earlier run (with --overwrite) replaced.
+    run = RunDirectory.create(recipe.run_dir, overwrite) if accelerator.is_main_process else None
+    accelerator.wait_for_everyone()
+    loop.run = run
     trainable, total = count_parameters(model)
     accelerator.print(describe_parameters(trainable, total))
     warn_about_slow_precision(recipe.train.precision, accelerator)
@@ -86,7 +91,6 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
         if recipe.model.config is not None and recipe.method != "full":
             save_base_model(run, model)
 
-    loop = TrainingLoop(recipe, task, tokenizer, accelerator, run)
     train_set, eval_set = task.tokenize(train_rows, tokenizer), task.tokenize(eval_rows, tokenizer)
     progress = loop.fit(model, train_set, eval_set)
     best_extra = {}
@@ -138,6 +142,18 @@ def describe_progress(progress: Progress) -> dict:
     }
 
 
+def check_context(recipe: Recipe, model: torch.nn.Module) -> None:
+    """Examples longer than the model's positions would index past its position table."""
+    context = getattr(model.config, "n_positions", None) or getattr(
+        model.config, "max_position_embeddings", None
+    )
+    if context and recipe.data.max_length > context:
+        raise LoraftError(
+            f"data.max_length: {recipe.data.max_length} is longer than the model's context "
+            f"({context} positions); use data.max_length={context} or less"
+        )
+
+
 def require_tracker(tracker: str) -> None:
     """An extra logger must be installed before anything runs (it is an optional extra)."""
     module = {"wandb": "wandb", "tensorboard": "tensorboard"}.get(tracker)
@@ -151,7 +167,7 @@ def warn_about_slow_precision(precision: str, accelerator: Accelerator) -> None:
     if accelerator.device.type == "cpu" and precision != "fp32" and "AVX512" not in capability:
         accelerator.print(
             f"warning: train.precision={precision} on a CPU with {capability} only (no native "
-            "bf16): expect it to be much slower than fp32"
+            "16-bit matmul): expect it to be much slower than fp32"
         )
 
 
@@ -169,7 +185,7 @@ class TrainingLoop:
         task: Task,
         tokenizer: PreTrainedTokenizerBase,
         accelerator: Accelerator,
-        run: RunDirectory | None,
+        run: RunDirectory | None = None,
     ) -> None:
         self.recipe, self.task, self.tokenizer = recipe, task, tokenizer
         self.accelerator, self.run = accelerator, run
@@ -272,9 +288,10 @@ class TrainingLoop:
         if not keep_best:
             return
         value = metrics[self.metric]
-        better = progress.best_value is None or (
-            value > progress.best_value if self.greater_is_better else value < progress.best_value
-        )
+        better = value == value and (
+            progress.best_value is None
+            or (value > progress.best_value if self.greater_is_better else value < progress.best_value)
+        )  # NaN (value != value) is never the best
         if better:
             progress.best_value, progress.best_step, progress.best_eval = (
                 value,

@@ -106,8 +106,9 @@ class Task(ABC):
         data = self.recipe.data
         train_path = find_data_file(data.train, self.roots) if data.train else None
         if train_path is None and data.hub is not None:
-            train = load_hub_split(data.hub, data.hub.train_split)
-            evaluation = load_hub_split(data.hub, data.hub.eval_split)
+            missing = f"'{data.train}' is not under the data roots, " if data.train else ""
+            train = load_hub_split(data.hub, data.hub.train_split, missing)
+            evaluation = load_hub_split(data.hub, data.hub.eval_split, missing)
             return (
                 train,
                 f"{data.hub.id}:{data.hub.train_split}",
