@@ -120,7 +120,7 @@ def test_a_missing_local_file_falls_back_to_the_recipe_hub_dataset(tmp_path: Pat
 
     asked = []
 
-    def fake_hub(hub, split):
+    def fake_hub(hub, split, why=""):
         asked.append((hub.id, split))
         return datasets.Dataset.from_dict(
             {"text": [f"Story {i} of {split}." for i in range(30)], "label": [0] * 30}
