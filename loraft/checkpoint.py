@@ -93,8 +93,3 @@ def load_checkpoint(
 def _load_full(directory: Path, kind: str) -> torch.nn.Module:
     auto = AutoModelForSequenceClassification if kind == "classification" else AutoModelForCausalLM
     return auto.from_pretrained(directory)
-
-
-def read_state(directory: Path) -> dict[str, Any]:
-    """The `state.json` of a checkpoint (step and metrics when it was saved)."""
-    return json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))

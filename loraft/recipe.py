@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from loraft.errors import LoraftError
 
 TASKS = ("news", "persona", "sonnets", "text", "classification")
-GPT2_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
 
 class Section(BaseModel):

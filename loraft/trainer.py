@@ -47,7 +47,6 @@ class Progress:
     """Counters of the loop; `train_s` excludes start-up, evaluation and saving."""
 
     step: int = 0
-    micro_steps: int = 0
     train_tokens: int = 0
     train_s: float = 0.0
     best_value: float | None = None

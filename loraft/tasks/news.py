@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import re
-from typing import ClassVar
 
 import datasets
 
@@ -20,8 +19,6 @@ class NewsTask(CausalLMTask):
 
     Hub copies of AG News (fancyzhx/ag_news) have a single `text` column; it is used as is.
     """
-
-    generation_prompt_words: ClassVar[int] = 12  # the held-out article's head used as prompt
 
     def column_names(self) -> list[str] | None:
         return None if self.recipe.data.columns else AG_NEWS_COLUMNS
