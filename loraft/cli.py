@@ -1,17 +1,22 @@
 """The `loraft` command: parse, call one library function, print, exit.
 
-User mistakes (`LoraftError`) print as one line on stderr and exit with code 2.
+User mistakes (`LoraftError`) print as one line on stderr and exit with code 2; a run stopped
+by Ctrl-C or SIGTERM says where it stopped and exits with 130. Libraries are imported inside
+the commands that need them, so `loraft --help` and `loraft validate` start in a blink.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from loraft import __version__
 from loraft.errors import LoraftError
 
 app = typer.Typer(
@@ -30,6 +35,22 @@ DataRoot = Annotated[
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+CheckpointOption = Annotated[str, typer.Option(help="best or last")]
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"loraft {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="print the version")
+    ] = False,
+) -> None:
+    """Fine-tune GPT-2 with LoRA or full fine-tuning from YAML recipes."""
 
 
 @app.command()
@@ -37,30 +58,75 @@ def train(
     recipe: RecipeArg,
     overrides: Overrides = None,
     data_root: DataRoot = None,
-    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run (its own files only)")] = False,
+    resume: Annotated[bool, typer.Option(help="continue the run in output_dir from its last state")] = False,
 ) -> None:
     """Train a recipe and write its run directory."""
-    from loraft.recipe import load_recipe
-    from loraft.trainer import train_recipe
+    from loraft.recipe_files import load_recipe
 
-    result = train_recipe(load_recipe(recipe, overrides), data_root, overwrite)
+    loaded = load_recipe(recipe, [*(overrides or []), *(["train.resume=true"] if resume else [])])
+    _quiet_libraries()
+    from loraft.trainer import RunInterrupted
+    from loraft.training import train_recipe
+
+    try:
+        result = train_recipe(loaded, data_root, overwrite)
+    except RunInterrupted as stopped:
+        raise _Interrupted(str(stopped).replace("<recipe>", str(recipe))) from None
     if result.is_main_process:
-        typer.echo(_summary_lines(result.summary))
+        typer.echo(summary_lines(result.summary))
+
+
+@app.command()
+def validate(
+    recipes: Annotated[list[Path], typer.Argument(help="recipe files")],
+    data_root: DataRoot = None,
+    no_data: Annotated[
+        bool, typer.Option("--no-data", help="check the recipes only, not their data")
+    ] = False,
+) -> None:
+    """Check recipes and the first rows of their data files, without loading a model."""
+    from loraft.checks import check_recipe
+    from loraft.data import data_roots
+    from loraft.recipe_files import load_recipe
+
+    failures = 0
+    for path in recipes:
+        try:
+            loaded = load_recipe(path)
+            check_recipe(loaded, None if no_data else data_roots(data_root))
+            typer.echo(f"ok    {path} (task {loaded.task}, method {loaded.method})")
+        except LoraftError as error:
+            failures += 1
+            typer.echo(f"error {error}", err=True)
+    if failures:
+        raise typer.Exit(2)
+
+
+@app.command()
+def plan(recipe: RecipeArg, overrides: Overrides = None, as_json: JsonFlag = False) -> None:
+    """Parameter counts and a memory estimate for a recipe, without downloading weights."""
+    from loraft.plan import format_plan, plan_recipe
+    from loraft.recipe_files import load_recipe
+
+    result = plan_recipe(load_recipe(recipe, overrides))
+    typer.echo(json.dumps(result, indent=2) if as_json else format_plan(result))
 
 
 @app.command("eval")
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="a run directory written by `loraft train`")],
     overrides: Overrides = None,
-    checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
+    checkpoint: CheckpointOption = "best",
     data_root: DataRoot = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Re-evaluate a saved run (LoRA adapter, head-only or full) and print its metrics."""
+    _quiet_libraries()
     from loraft.evaluation import evaluate_run
 
     metrics = evaluate_run(run_dir, overrides, checkpoint, data_root)
-    typer.echo(json.dumps(metrics, indent=2) if as_json else _metric_lines(metrics))
+    typer.echo(json.dumps(metrics, indent=2) if as_json else metric_lines(metrics))
 
 
 @app.command()
@@ -69,6 +135,7 @@ def generate(
     prompt: Annotated[list[str] | None, typer.Option("--prompt", help="a prompt (repeatable)")] = None,
     prompts_file: Annotated[Path | None, typer.Option(help="one prompt per line; \\n for a newline")] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last (run directories)")] = "best",
+    raw: Annotated[bool, typer.Option("--raw", help="do not frame prompts with the run's template")] = False,
     strategy: Annotated[str | None, typer.Option(help="greedy, sample or beam")] = None,
     max_new_tokens: Annotated[int | None, typer.Option()] = None,
     temperature: Annotated[float | None, typer.Option()] = None,
@@ -86,19 +153,26 @@ def generate(
     as_json: JsonFlag = False,
 ) -> None:
     """Continue prompts with a trained run or a model; options override the run's recipe."""
-    from loraft.generation import generate as generate_texts
-    from loraft.inference import load_generator, read_prompts
+    from loraft.inference import read_prompts
 
     prompts = read_prompts(prompt or [], prompts_file)
-    model, tokenizer, settings = load_generator(target, checkpoint)
     given = {
         "strategy": strategy, "max_new_tokens": max_new_tokens, "temperature": temperature,
         "top_k": top_k, "top_p": top_p, "num_beams": num_beams, "seed": seed, "prefix": prefix,
         "repetition_penalty": repetition_penalty, "batch_size": batch_size,
         "context_window": _parse_window(context_window), "context_mode": context_mode,
     }  # fmt: skip
-    settings = _with_overrides(settings, {k: v for k, v in given.items() if v is not None})
-    for text, continuation in zip(prompts, generate_texts(model, tokenizer, prompts, settings), strict=True):
+    _quiet_libraries()
+    from loraft.checks import check_generation, context_of
+    from loraft.generation import generate as generate_texts
+    from loraft.inference import load_generator
+
+    generator = load_generator(target, checkpoint, raw)
+    settings = _with_overrides(generator.settings, {k: v for k, v in given.items() if v is not None})
+    check_generation(settings, context_of(generator.model.config), "generation")
+    framed = [generator.frame(text) for text in prompts]
+    continuations = generate_texts(generator.model, generator.tokenizer, framed, settings)
+    for text, continuation in zip(prompts, continuations, strict=True):
         record = {"prompt": text, "continuation": continuation}
         typer.echo(json.dumps(record) if as_json else f"{text}\033[1m{continuation}\033[0m\n")
 
@@ -119,33 +193,6 @@ def compare(
 
 
 @app.command()
-def plan(recipe: RecipeArg, overrides: Overrides = None, as_json: JsonFlag = False) -> None:
-    """Parameter counts and a memory estimate for a recipe, without downloading weights."""
-    from loraft.plan import format_plan, plan_recipe
-    from loraft.recipe import load_recipe
-
-    result = plan_recipe(load_recipe(recipe, overrides))
-    typer.echo(json.dumps(result, indent=2) if as_json else format_plan(result))
-
-
-@app.command()
-def validate(recipes: Annotated[list[Path], typer.Argument(help="recipe files")]) -> None:
-    """Check recipes without running them."""
-    from loraft.recipe import load_recipe
-
-    failures = 0
-    for path in recipes:
-        try:
-            loaded = load_recipe(path)
-            typer.echo(f"ok    {path} (task {loaded.task}, method {loaded.method})")
-        except LoraftError as error:
-            failures += 1
-            typer.echo(f"error {error}", err=True)
-    if failures:
-        raise typer.Exit(2)
-
-
-@app.command()
 def study(
     recipe: RecipeArg,
     overrides: Overrides = None,
@@ -154,10 +201,13 @@ def study(
     as_json: JsonFlag = False,
 ) -> None:
     """Compare decoders (standard vs shortened context) on one model and the same prompts."""
-    from loraft.recipe import load_recipe
+    from loraft.recipe_files import load_recipe
+
+    loaded = load_recipe(recipe, overrides)
+    _quiet_libraries()
     from loraft.study import format_study, run_study
 
-    results = run_study(load_recipe(recipe, overrides), data_root, overwrite)
+    results = run_study(loaded, data_root, overwrite)
     typer.echo(json.dumps(results, indent=2) if as_json else format_study(results))
 
 
@@ -167,6 +217,48 @@ def fields() -> None:
     from loraft.recipe import field_reference
 
     typer.echo("| key | default | meaning |\n|---|---|---|\n" + "\n".join(field_reference()))
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def summary_lines(summary: dict) -> str:
+    """What `loraft train` prints at the end: where the time went, and the metrics."""
+    other = summary["wall_s"] - summary["train_s"] - summary["eval_s"] - summary["save_s"]
+    return (
+        f"done in {summary['wall_s']:.1f}s (training {summary['train_s']:.1f}s, evaluation "
+        f"{summary['eval_s']:.1f}s, saving {summary['save_s']:.1f}s, start-up and the rest {other:.1f}s): "
+        f"{summary['steps']} steps, {summary['train_tokens_per_s']:,.0f} tokens/s, "
+        f"peak memory {summary['peak_memory_mb']:,.0f} MB\n"
+        f"final eval: {_scalars(summary['final_eval'])}\n"
+        f"best checkpoint: {_scalars(summary['best_eval'])}\n"
+        f"run directory: {summary['run_dir']}"
+    )
+
+
+def metric_lines(metrics: dict) -> str:
+    """Aligned `name  value` lines; floats to 4 decimals, mappings one entry a line."""
+    width = max(len(key) for key in metrics) + 2
+    lines = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            lines.append(key)
+            lines += [f"  {name:<{width - 2}}{shown}" for name, shown in value.items()]
+        else:
+            lines.append(f"{key:<{width}}{_format_value(value)}")
+    return "\n".join(lines)
+
+
+def _format_value(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _scalars(metrics: dict) -> str:
+    return ", ".join(
+        f"{key}={_format_value(value)}"
+        for key, value in metrics.items()
+        if not isinstance(value, list | dict)
+    )
 
 
 def _parse_window(text: str | None) -> int | list[int] | None:
@@ -194,28 +286,6 @@ def _with_overrides(settings, changes: dict):
         raise LoraftError(f"--{str(first['loc'][0]).replace('_', '-')}: {message}") from None
 
 
-def _metric_lines(metrics: dict) -> str:
-    return "\n".join(f"{key:<24}{value}" for key, value in metrics.items())
-
-
-def _summary_lines(summary: dict) -> str:
-    return (
-        f"done in {summary['wall_s']:.1f}s: {summary['steps']} steps, "
-        f"{summary['train_tokens_per_s']:,.0f} tokens/s, peak memory {summary['peak_memory_mb']:,.0f} MB\n"
-        f"final eval: {_scalars(summary['final_eval'])}\n"
-        f"best checkpoint: {_scalars(summary['best_eval'])}\n"
-        f"run directory: {summary['run_dir']}"
-    )
-
-
-def _scalars(metrics: dict) -> str:
-    return ", ".join(
-        f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}"
-        for key, value in metrics.items()
-        if not isinstance(value, (list, dict))
-    )
-
-
 def _quiet_libraries() -> None:
     """Hide the libraries' per-file progress bars and advisory warnings; ours show progress."""
     import warnings
@@ -230,14 +300,53 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
-def main() -> None:
-    """Entry point: run the app, turning user mistakes into one line and exit code 2."""
-    _quiet_libraries()
+class _Interrupted(Exception):
+    """Ctrl-C, or a stopped run with the command that resumes it."""
+
+
+@contextlib.contextmanager
+def _ctrl_c_raises_interrupted():
+    """Typer turns a KeyboardInterrupt into a silent exit 130: raise our own exception instead,
+    so the user always reads what happened (the trainer installs its own handler meanwhile)."""
+
+    def interrupted(number: int, frame: object) -> None:
+        raise _Interrupted("interrupted")
+
     try:
-        app()
+        previous = signal.signal(signal.SIGINT, interrupted)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run(args: list[str] | None = None) -> int:
+    """Run one command; user mistakes are one line on stderr and code 2, interruptions 130."""
+    with _ctrl_c_raises_interrupted():
+        return _run(args)
+
+
+def _run(args: list[str] | None) -> int:
+    try:
+        code = app(args, standalone_mode=False, prog_name="loraft")
     except LoraftError as error:
         typer.echo(f"error: {error}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
+        return 2
+    except _Interrupted as stopped:
+        typer.echo(str(stopped), err=True)
+        return 130
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)
-        sys.exit(130)
+        return 130
+    except typer.TyperException as error:  # usage errors: typer's own message and code
+        error.show()
+        return error.exit_code
+    return code if isinstance(code, int) else 0
+
+
+def main() -> None:
+    """The `loraft` console script and `python -m loraft`."""
+    sys.exit(run())

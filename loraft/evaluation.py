@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from accelerate import Accelerator
-from torch.utils.data import DataLoader
-
-from loraft.checkpoint import load_checkpoint
+from loraft.checks import check_recipe
 from loraft.data import data_roots
 from loraft.run_dir import RunDirectory
-from loraft.tasks import build_task
 
 
 def evaluate_run(
@@ -20,26 +15,42 @@ def evaluate_run(
     checkpoint: str = "best",
     data_root: str | Path | None = None,
 ) -> dict:
-    """The metrics of checkpoint `best` or `last` of a run, computed as the trainer does."""
+    """The metrics of checkpoint `best` or `last` of a run, computed as the trainer does.
+
+    Generations and predictions go to `RUN_DIR/eval-<checkpoint>/`, never over the run's own.
+    """
+    from accelerate import Accelerator
+
+    from loraft.checkpoint import load_trained_model
+    from loraft.tasks import build_task
+    from loraft.training import eval_loader_for, evaluate
+
     run = RunDirectory.open(run_dir)
     recipe = run.read_recipe(overrides)
-    task = build_task(recipe, data_roots(data_root))
+    roots = data_roots(data_root)
+    check_recipe(recipe, roots)
+    warn_about_local_metric_code(recipe, run)
+    task = build_task(recipe, roots)
     _, eval_rows = task.rows()
-    model, tokenizer = load_checkpoint(run, checkpoint, recipe, task.kind, **task.model_options())
+    model, tokenizer = load_trained_model(run, checkpoint, recipe)
+    eval_set = task.with_targets(task.tokenize(eval_rows, tokenizer), "evaluation")
     accelerator = Accelerator(
         mixed_precision="no" if recipe.train.precision == "fp32" else recipe.train.precision
     )
-    loader = DataLoader(
-        task.tokenize(eval_rows, tokenizer),
-        batch_size=recipe.train.eval_batch_size or recipe.train.batch_size,
-        collate_fn=lambda features: task.collate(features, tokenizer),
-    )
-    model, loader = accelerator.prepare(model, loader)
-    model.eval()
-    with torch.inference_mode():
-        metrics = task.evaluate(model, loader, accelerator)
-    # Files it writes (generations, predictions) go beside the run's own, never over them.
-    output = run.path / f"eval-{checkpoint}"
+    model, loader = accelerator.prepare(model, eval_loader_for(recipe, task, eval_set, tokenizer))
+    metrics = evaluate(model, task, loader, accelerator)
+    output = run.output_folder(checkpoint)
     output.mkdir(exist_ok=True)
     metrics.update(task.final_evaluation(accelerator.unwrap_model(model), tokenizer, output))
     return {"checkpoint": checkpoint, **metrics}
+
+
+def warn_about_local_metric_code(recipe, run: RunDirectory) -> None:
+    """A run folder from someone else may name local metric code: say so before it runs."""
+    from loraft.text_metrics import parse_metric_spec
+
+    for spec in recipe.eval.metrics if recipe.eval.generate else []:
+        name, local = parse_metric_spec(spec)
+        if local:
+            where = run.recipe_path
+            print(f"note: running local metric code from {name} (eval.allow_local_metric_code in {where})")

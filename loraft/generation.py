@@ -354,11 +354,11 @@ class _SlidingWindowCache:
             input_ids=query_ids,
             attention_mask=attention,
             position_ids=positions,
-            past_key_values=self.cache,
+            cache=self.cache,
             use_cache=True,
             logits_to_keep=1,  # the vocabulary projection is costly: only the last row is used
         )
-        self.cache = output.past_key_values
+        self.cache = output.cache
         self.last_positions = positions[:, -1:]
         return output.logits[:, -1]
 

@@ -2,38 +2,68 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
-import torch
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
-
-from loraft.checkpoint import load_checkpoint
 from loraft.errors import LoraftError
+from loraft.hub import go_offline_unless_reachable, is_local, offline_hint
 from loraft.recipe import GenerationSection
 from loraft.run_dir import RunDirectory
-from loraft.tokenizer import load_tokenizer
 
 
-def load_generator(
-    target: str, checkpoint: str = "best"
-) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, GenerationSection]:
-    """A run directory (base + adapter, or full weights) or a model path / hub id.
+class Generator(NamedTuple):
+    """A model ready to continue prompts: its tokenizer, its decoding settings, and how a
+    user's prompt is framed (a run's template; plain text for a bare model or with --raw)."""
 
-    A run brings its recipe's `generation` settings; a plain model gets the defaults.
-    """
-    if (Path(target) / "recipe.yaml").is_file():
-        run = RunDirectory.open(target)
-        recipe = run.read_recipe()
-        if recipe.task == "classification":
-            raise LoraftError(f"{target}: a classification run does not generate text")
-        model, tokenizer = load_checkpoint(run, checkpoint, recipe, "causal_lm")
-        return model, tokenizer, recipe.generation
+    model: object
+    tokenizer: object
+    settings: GenerationSection
+    frame: Callable[[str], str]
+
+
+def load_generator(target: str, checkpoint: str = "best", raw: bool = False) -> Generator:
+    """A run directory (base + adapter, or full weights) or a model path / hub id, on the GPU
+    when there is one. A run brings its recipe's `generation` settings and prompt template."""
+    from accelerate import PartialState
+
+    device = PartialState().device
+    if RunDirectory(target).is_run():
+        model, tokenizer, settings, frame = _from_run(RunDirectory.open(target), checkpoint)
+        return Generator(model.to(device), tokenizer, settings, (lambda text: text) if raw else frame)
+    model, tokenizer = _from_model(target)
+    return Generator(model.to(device), tokenizer, GenerationSection(), lambda text: text)
+
+
+def _from_run(run: RunDirectory, checkpoint: str):
+    from loraft.checkpoint import load_trained_model
+    from loraft.checks import check_recipe
+    from loraft.tasks import TASK_CLASSES
+
+    recipe = run.read_recipe()
+    if recipe.task == "classification":
+        raise LoraftError(f"{run.path}: a classification run does not generate text")
+    check_recipe(recipe)
+    model, tokenizer = load_trained_model(run, checkpoint, recipe)
+    task = TASK_CLASSES[recipe.task](recipe, [])
+    return model, tokenizer, recipe.generation, task.format_prompt
+
+
+def _from_model(target: str):
+    from transformers import AutoModelForCausalLM
+
+    from loraft.tokenizer import load_tokenizer
+
+    if not is_local(target):
+        go_offline_unless_reachable()
     try:
         model = AutoModelForCausalLM.from_pretrained(target)
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0]
-        raise LoraftError(f"{target}: not a run directory, and not a loadable model: {reason}") from None
-    return model, load_tokenizer(target), GenerationSection()
+        raise LoraftError(
+            f"{target}: not a run directory, and not a loadable model: {reason}{offline_hint()}"
+        ) from None
+    return model, load_tokenizer(target)
 
 
 def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:

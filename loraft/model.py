@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
@@ -16,10 +17,20 @@ from transformers import (
 from transformers.pytorch_utils import Conv1D
 
 from loraft.errors import LoraftError
+from loraft.hub import go_offline_unless_reachable, is_local, offline_hint
 from loraft.recipe import Recipe, ScratchConfig
 from loraft.tokenizer import load_tokenizer, train_byte_level_bpe
 
 HEAD_MODULE = "score"  # GPT2ForSequenceClassification's output layer: what `method: head` trains
+
+
+def task_kind(recipe: Recipe) -> str:
+    """`classification` or `causal_lm`: which head the model has."""
+    return "classification" if recipe.task == "classification" else "causal_lm"
+
+
+def auto_class(kind: str) -> type:
+    return AutoModelForSequenceClassification if kind == "classification" else AutoModelForCausalLM
 
 
 def build_tokenizer(recipe: Recipe, texts: Iterable[str]) -> PreTrainedTokenizerBase:
@@ -30,34 +41,48 @@ def build_tokenizer(recipe: Recipe, texts: Iterable[str]) -> PreTrainedTokenizer
     return train_byte_level_bpe(texts, recipe.model.tokenizer_vocab_size)
 
 
-def build_model(
+def build_base_model(
     recipe: Recipe, kind: str, tokenizer: PreTrainedTokenizerBase, num_labels: int = 0
-) -> torch.nn.Module:
-    """The base model for a task kind, with the recipe's method applied."""
-    base = _base_model(recipe, kind, tokenizer, num_labels)
-    base.config.pad_token_id = tokenizer.pad_token_id
-    return apply_method(base, recipe, kind)
-
-
-def _base_model(
-    recipe: Recipe, kind: str, tokenizer: PreTrainedTokenizerBase, num_labels: int
 ) -> PreTrainedModel:
-    head_options = {"num_labels": num_labels} if kind == "classification" else {}
-    auto = AutoModelForSequenceClassification if kind == "classification" else AutoModelForCausalLM
-    if recipe.model.config is not None:
-        torch.manual_seed(recipe.train.seed)
-        return auto.from_config(scratch_config(recipe.model.config, tokenizer), **head_options)
+    """The model the method is applied to: the named checkpoint, or a seeded random init."""
+    if recipe.model.config is None:
+        return load_base_model(recipe, kind, tokenizer, None, num_labels)
+    torch.manual_seed(recipe.train.seed)
+    config = scratch_config(recipe.model.config, tokenizer)
+    if kind == "classification":
+        config.num_labels = num_labels
+    base = auto_class(kind).from_config(config)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    return base
+
+
+def load_base_model(
+    recipe: Recipe,
+    kind: str,
+    tokenizer: PreTrainedTokenizerBase,
+    scratch_base: Path | None,
+    num_labels: int | None = None,
+) -> PreTrainedModel:
+    """The recipe's base weights: the hub id or path in `model.name`, or a saved scratch base."""
+    source = str(scratch_base) if recipe.model.config is not None else recipe.model.name
+    if recipe.model.config is not None and not (scratch_base and scratch_base.is_dir()):
+        raise LoraftError(f"{scratch_base}: the run's from-scratch base model is missing")
+    labels = len(recipe.data.labels or []) if num_labels is None else num_labels
+    options = {"num_labels": labels} if kind == "classification" else {}
+    if not is_local(source):
+        go_offline_unless_reachable()
     try:
-        return auto.from_pretrained(
-            recipe.model.name,
+        base = auto_class(kind).from_pretrained(
+            source,
             revision=recipe.model.revision,
             trust_remote_code=recipe.model.trust_remote_code,
-            use_safetensors=None,
-            **head_options,
+            **options,
         )
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0]
-        raise LoraftError(f"model.name: cannot load '{recipe.model.name}': {reason}") from None
+        raise LoraftError(f"model.name: cannot load '{source}': {reason}{offline_hint()}") from None
+    base.config.pad_token_id = tokenizer.pad_token_id
+    return base
 
 
 def scratch_config(shape: ScratchConfig, tokenizer: PreTrainedTokenizerBase) -> GPT2Config:

@@ -9,17 +9,11 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config
 
+from loraft.checks import GPT2_SHAPES
 from loraft.errors import LoraftError
 from loraft.model import apply_method, count_parameters
 from loraft.recipe import Recipe
 
-# (n_layer, n_embd, n_head) of the released GPT-2 checkpoints; all have 1024 positions.
-GPT2_SHAPES = {
-    "gpt2": (12, 768, 12),
-    "gpt2-medium": (24, 1024, 16),
-    "gpt2-large": (36, 1280, 20),
-    "gpt2-xl": (48, 1600, 25),
-}
 GPT2_VOCAB = 50257
 MB = 2**20
 

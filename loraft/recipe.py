@@ -1,22 +1,24 @@
-"""Recipes: YAML files that declare a whole run, validated by one strict schema.
+"""The recipe schema: the single source of truth for every field, its default and its help.
 
-The pydantic models below are the single source of truth for every field, its default and
-its help text. `load_recipe` reads a file (following `extends:`), applies command-line
-overrides, and validates; every mistake becomes one `LoraftError` line.
+Sections are strict pydantic models (an unknown key is an error, never dropped). Reading files,
+`extends:` and command-line overrides live in `loraft.recipe_files`; checks that need the task,
+the data or the model's shape live in `loraft.checks`.
 """
 
 from __future__ import annotations
 
-import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from loraft.errors import LoraftError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 TASKS = ("news", "persona", "sonnets", "text", "classification")
+TRACKERS = ("tensorboard", "wandb")
+# Keys that may change when a run is resumed: the step budget (and the switch itself).
+BUDGET_KEYS = ("train.max_steps", "train.epochs", "train.resume")
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class Section(BaseModel):
@@ -96,6 +98,9 @@ class DataSection(Section):
     eval_fraction: float = Field(
         0.1, gt=0, lt=1, description="share of `train` held out when there is no `eval`"
     )
+    seed: int = Field(
+        42, description="seeds the held-out split and row sampling; train.seed does not change the data"
+    )
     template: str | None = Field(None, description="task-specific text template (see the task)")
     labels: list[str] | None = Field(None, description="classification: the label names, in order")
     predict: str | None = Field(None, description="classification: unlabelled file to predict")
@@ -113,24 +118,37 @@ class TrainSection(Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; null: off")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="mixed precision")
-    seed: int = Field(42, description="seeds init, dropout and data order")
+    seed: int = Field(42, description="seeds initialisation, dropout and the order of batches")
     eval_every: int | None = Field(None, ge=1, description="evaluate every N steps; null: per epoch")
-    save_every: int | None = Field(None, ge=1, description="save the last checkpoint every N steps")
+    save_every: int | None = Field(
+        None, ge=1, description="save the training state and `last` every N steps; null: at each eval"
+    )
+    keep_last: int = Field(1, ge=1, description="training states kept for resuming")
+    resume: bool | Literal["auto"] = Field(
+        False, description="continue the run in output_dir; auto: when an unfinished one is there"
+    )
     log_every: int = Field(10, ge=1, description="write metrics.jsonl every N steps")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
-    tracker: Literal["none", "wandb", "tensorboard"] = Field("none", description="extra logger")
+    trackers: list[Literal[TRACKERS]] = Field(
+        default_factory=list, description="loggers besides metrics.jsonl: tensorboard, wandb"
+    )
 
 
 class EvalSection(Section):
     at_start: bool = Field(True, description="evaluate once before training (the baseline)")
     metric: str | None = Field(None, description="picks the best checkpoint; default: the task's")
-    max_batches: int | None = Field(None, ge=1, description="cap evaluation batches (quick runs)")
+    periodic_size: int | None = Field(
+        None, ge=1, description="eval examples used during training (seeded sample); the end uses all"
+    )
     generate: bool = Field(True, description="run generation metrics (chrF, BLEU) at the end")
     generate_size: int | None = Field(
         None, ge=1, description="held-out texts used for generation metrics; default: task's"
     )
     metrics: list[str] = Field(
         default_factory=list, description="extra Hugging Face evaluate metrics, e.g. evaluate:rouge"
+    )
+    allow_local_metric_code: bool = Field(
+        False, description="allow `evaluate:/local/dir` metrics, which run Python code from that folder"
     )
 
 
@@ -191,6 +209,13 @@ class Recipe(Section):
     study: StudySection = Field(default_factory=StudySection)
     output_dir: str | None = Field(None, description="run directory; default: runs/<name>")
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, name: str) -> str:
+        if not RUN_NAME.match(name):
+            raise ValueError("expected letters, digits, '.', '_' or '-' (it names the run's folder)")
+        return name
+
     @model_validator(mode="after")
     def _head_needs_a_classifier(self) -> Recipe:
         if self.method == "head" and self.task != "classification":
@@ -224,6 +249,24 @@ class Recipe(Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
+    def first_difference(self, other: Recipe, ignore: tuple[str, ...] = ()) -> str | None:
+        """The first dotted key whose value differs from `other`'s, as `key: ours vs theirs`."""
+        ours, theirs = _flatten(self.model_dump(mode="json")), _flatten(other.model_dump(mode="json"))
+        for key in dict.fromkeys([*ours, *theirs]):
+            if key not in ignore and ours.get(key) != theirs.get(key):
+                return f"{key}: {ours.get(key)!r} vs {theirs.get(key)!r}"
+        return None
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key not in ("columns", "decoders"):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
 
 def field_reference(model: type[BaseModel] = Recipe, prefix: str = "") -> list[str]:
     """Markdown table rows `| key | default | meaning |` for every recipe field (README, CLI)."""
@@ -240,149 +283,6 @@ def field_reference(model: type[BaseModel] = Recipe, prefix: str = "") -> list[s
         shown = "required" if field.is_required() else yaml.safe_dump(default).strip().removesuffix("...")
         rows.append(f"| `{prefix}{name}` | `{shown.strip()}` | {field.description or ''} |")
     return rows
-
-
-# --- reading, merging, overriding ---------------------------------------------------------
-
-
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe file, follow `extends:`, apply `key.sub=value` overrides, validate."""
-    path = Path(path)
-    raw = _read_with_extends(path, seen=())
-    for override in overrides or []:
-        _apply_override(raw, override)
-    raw.setdefault("name", path.stem)
-    try:
-        return Recipe.model_validate(raw)
-    except ValidationError as error:
-        raise LoraftError(_describe_validation_error(error, path)) from None
-
-
-def _read_yaml_mapping(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise LoraftError(f"{path}: recipe file not found")
-    try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or "invalid YAML"
-        raise LoraftError(f"{path}:{where} {problem}") from None
-    if content is None:
-        return {}
-    if not isinstance(content, dict):
-        raise LoraftError(f"{path}: a recipe must be a mapping of keys, got {type(content).__name__}")
-    return content
-
-
-def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    resolved = path.resolve()
-    if resolved in seen:
-        chain = " -> ".join(str(p) for p in (*seen, resolved))
-        raise LoraftError(f"{path}: `extends` forms a cycle: {chain}")
-    raw = _read_yaml_mapping(path)
-    base_name = raw.pop("extends", None)
-    if base_name is None:
-        return raw
-    if not isinstance(base_name, str):
-        raise LoraftError(f"{path}: `extends` must be a file path, got {base_name!r}")
-    base = _read_with_extends(path.parent / base_name, seen=(*seen, resolved))
-    base.pop("name", None)  # a variant is named after its own file unless it says otherwise
-    return deep_merge(base, raw)
-
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Merge `update` into a copy of `base`: mappings merge key by key, anything else replaces."""
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _apply_override(raw: dict[str, Any], override: str) -> None:
-    key, sep, text = override.partition("=")
-    if not sep or not key.strip():
-        raise LoraftError(f"override {override!r}: expected key.sub=value, e.g. train.lr=3e-4")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise LoraftError(f"override {override!r}: the value is not valid YAML") from None
-    node = raw
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise LoraftError(f"override {override!r}: {part} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-# --- error messages -----------------------------------------------------------------------
-
-
-def _describe_validation_error(error: ValidationError, path: Path) -> str:
-    """One line for the first problem (pydantic may find several; fixing one at a time is fine)."""
-    first = error.errors()[0]
-    loc = [str(part) for part in first["loc"] if not str(part).startswith("function-")]
-    loc = [part for part in loc if part not in ("int", "tuple[int,int]", "literal[...]")]
-    dotted = ".".join(loc) or "(top level)"
-    where = _where(path, loc)
-    if first["type"] == "extra_forbidden":
-        return f"{where}: unknown key '{dotted}'{_suggestion(loc)}"
-    if first["type"] == "missing":
-        return f"{where}: missing required key '{dotted}'"
-    message = first["msg"].removeprefix("Value error, ")
-    if not loc:  # a whole-recipe check: its message names the fields itself
-        return f"{where}: {message}"
-    value = first.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
-    return f"{where}: {dotted}: {message}{shown}"
-
-
-def _where(path: Path, loc: list[str]) -> str:
-    """`file:line` of the key in the recipe or the base it extends; just the file if not found
-    there (the value came from a default or a command-line override)."""
-    current: Path | None = path
-    while current is not None and current.is_file():
-        root = yaml.compose(current.read_text(encoding="utf-8"))
-        line = _line_of(root, loc)
-        if line is not None:
-            return f"{current}:{line}"
-        extends = _read_yaml_mapping(current).get("extends")
-        current = current.parent / extends if isinstance(extends, str) else None
-    return str(path)
-
-
-def _line_of(node: yaml.Node | None, keys: list[str]) -> int | None:
-    """1-based line of the deepest key of `keys` found along the path in a composed YAML tree."""
-    line = None
-    for key in keys:
-        if not isinstance(node, yaml.MappingNode):
-            return line
-        match = next(((k, v) for k, v in node.value if k.value == key), None)
-        if match is None:
-            return line
-        line, node = match[0].start_mark.line + 1, match[1]
-    return line
-
-
-def _suggestion(loc: list[str]) -> str:
-    section: type[BaseModel] = Recipe
-    for part in loc[:-1]:
-        field = section.model_fields.get(part)
-        annotation = getattr(field, "annotation", None) if field else None
-        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if _is_model(a)]
-        if not candidates:
-            return ""
-        section = candidates[0]
-    matches = difflib.get_close_matches(loc[-1], list(section.model_fields), n=1, cutoff=0.6)
-    prefix = ".".join(loc[:-1])
-    if not matches:
-        return f"; valid keys here: {', '.join(section.model_fields)}"
-    return f"; did you mean '{prefix + '.' if prefix else ''}{matches[0]}'?"
 
 
 def _is_model(annotation: Any) -> bool:

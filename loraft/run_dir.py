@@ -1,70 +1,121 @@
-"""The run directory: a self-describing record of one run.
+"""The run directory: a self-describing record of one run, and the only place its names live.
 
+.loraft-run        marker: this folder was made by loraft (nothing else is ever deleted)
 recipe.yaml        the fully resolved recipe
-metrics.jsonl      one JSON object per logged step and per evaluation, each with `step`
+metrics.jsonl      one JSON object per logged step (`kind: train`) and evaluation (`kind: eval`)
 summary.json       parameters, speed, memory, final and best metrics (written last)
-base_model/        a from-scratch base model (LoRA/head runs need it to reload)
-checkpoints/best/  the checkpoint with the best `eval.metric`
-checkpoints/last/  the latest checkpoint
+base_model/        a from-scratch base and its tokenizer (LoRA/head runs reload on top of it)
+checkpoints/best/  weights with the best `eval.metric`; checkpoints/last/: the latest weights
+train_state/       full training states (optimizer, scheduler, RNG, step) for --resume
+generations.jsonl, predictions.csv, eval-best/, eval-last/, tensorboard/, wandb/: outputs
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from loraft.errors import LoraftError
-from loraft.recipe import Recipe, load_recipe
+from loraft.recipe import Recipe
+
+MARKER = ".loraft-run"
+GENERATIONS_FILE = "generations.jsonl"
+PREDICTIONS_FILE = "predictions.csv"
+TRACKER_DIRS = ("tensorboard", "wandb")
+# Everything loraft may write at the top of a run directory; --overwrite removes these only.
+OWN_ENTRIES = (
+    MARKER,
+    "recipe.yaml",
+    "metrics.jsonl",
+    "summary.json",
+    "base_model",
+    "checkpoints",
+    "train_state",
+    GENERATIONS_FILE,
+    PREDICTIONS_FILE,
+    "eval-best",
+    "eval-last",
+    *TRACKER_DIRS,
+)
 
 
 class RunDirectory:
-    """Paths and files of one run; never replaces an existing run unless told to."""
+    """Paths and files of one run; never replaces anything loraft did not write."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
+    # --- finding and creating -----------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDirectory:
+        """An existing run directory (for eval, generate, compare, export, resume)."""
+        run = cls(path)
+        if not run.is_run():
+            raise LoraftError(f"{run.path}: not a loraft run directory (no {MARKER} marker)")
+        return run
+
+    def is_run(self) -> bool:
+        return (self.path / MARKER).is_file()
+
+    def created(self) -> str:
+        """When loraft created the run (from its marker)."""
+        try:
+            return json.loads((self.path / MARKER).read_text(encoding="utf-8")).get("created", "")
+        except (OSError, ValueError):
+            return ""
+
+    def is_finished(self) -> bool:
+        return self.summary_path.is_file()
+
     @classmethod
     def check_available(cls, path: str | Path, overwrite: bool = False) -> RunDirectory:
-        """Fail early when `path` cannot become this run's directory; deletes nothing.
-
-        A non-empty directory is refused unless `overwrite`, and even then only if it is a
-        loraft run (it has a recipe.yaml): `--overwrite` never deletes anything else.
-        """
+        """Fail early when `path` cannot hold a fresh run; deletes nothing."""
         run = cls(path)
+        refuse_special_folder(run.path)
         if run.path.exists() and not run.path.is_dir():
             raise LoraftError(f"output_dir: {run.path} is a file, not a directory")
-        if run.path.is_dir() and any(run.path.iterdir()):
-            if not run.recipe_path.is_file():
-                raise LoraftError(
-                    f"output_dir: {run.path} is not empty and is not a loraft run; "
-                    "choose another output_dir=... (loraft never deletes it)"
-                )
-            if not overwrite:
-                state = "a finished run" if run.summary_path.exists() else "an unfinished run"
-                raise LoraftError(
-                    f"{run.path}: {state} is already there; pass --overwrite to replace it "
-                    "or choose another output_dir=..."
-                )
+        if not run.path.is_dir() or not any(run.path.iterdir()):
+            return run
+        if not run.is_run():
+            raise LoraftError(
+                f"output_dir: {run.path} is not empty and is not a loraft run; "
+                "choose another output_dir=... (loraft never deletes it)"
+            )
+        if not overwrite:
+            state = "a finished run" if run.is_finished() else "an unfinished run"
+            hint = "" if run.is_finished() else ", --resume to continue it,"
+            raise LoraftError(
+                f"{run.path}: {state} is already there; pass --overwrite to replace it{hint} "
+                "or choose another output_dir=..."
+            )
         return run
 
     @classmethod
     def create(cls, path: str | Path, overwrite: bool = False) -> RunDirectory:
-        """A fresh run directory, replacing an earlier run only if `overwrite` (see above)."""
+        """A fresh run directory; with `overwrite`, an earlier run's own files are removed first."""
         run = cls.check_available(path, overwrite)
-        if run.path.is_dir() and any(run.path.iterdir()):
-            shutil.rmtree(run.path)
+        if run.is_run():
+            run.remove_own_files()
         run.path.mkdir(parents=True, exist_ok=True)
+        marker = {"created_by": "loraft", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_atomically(run.path / MARKER, json.dumps(marker) + "\n")
         return run
 
-    @classmethod
-    def open(cls, path: str | Path) -> RunDirectory:
-        """An existing run directory (for eval, generate, compare)."""
-        run = cls(path)
-        if not run.recipe_path.is_file():
-            raise LoraftError(f"{run.path}: not a loraft run directory (no recipe.yaml)")
-        return run
+    def remove_own_files(self) -> None:
+        """Delete what loraft wrote here (marker last); anything else in the folder stays."""
+        for entry in sorted(self.path.iterdir(), key=lambda p: p.name == MARKER):
+            if entry.name in OWN_ENTRIES or entry.name.startswith(".tmp-"):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+
+    # --- paths --------------------------------------------------------------------------
 
     @property
     def recipe_path(self) -> Path:
@@ -82,13 +133,25 @@ class RunDirectory:
     def base_model_path(self) -> Path:
         return self.path / "base_model"
 
+    @property
+    def train_state_path(self) -> Path:
+        return self.path / "train_state"
+
     def checkpoint(self, name: str) -> Path:
         return self.path / "checkpoints" / name
 
+    def output_folder(self, checkpoint: str) -> Path:
+        """Where `loraft eval` writes its generations and predictions (never over the run's own)."""
+        return self.path / f"eval-{checkpoint}"
+
+    # --- files --------------------------------------------------------------------------
+
     def write_recipe(self, recipe: Recipe) -> None:
-        self.recipe_path.write_text(recipe.to_yaml(), encoding="utf-8")
+        write_atomically(self.recipe_path, recipe.to_yaml())
 
     def read_recipe(self, overrides: list[str] | None = None) -> Recipe:
+        from loraft.recipe_files import load_recipe
+
         return load_recipe(self.recipe_path, overrides)
 
     def log(self, record: dict[str, Any]) -> None:
@@ -96,14 +159,58 @@ class RunDirectory:
             stream.write(json.dumps(record) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """Every complete record; a line cut short by a kill is ignored."""
         if not self.metrics_path.is_file():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+        records = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """Keep only records up to `last_step` (a resumed run writes the later ones again)."""
+        kept = [record for record in self.read_metrics() if record.get("step", 0) <= last_step]
+        write_atomically(self.metrics_path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        self.summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_atomically(self.summary_path, json.dumps(summary, indent=2) + "\n")
 
     def read_summary(self) -> dict[str, Any]:
         if not self.summary_path.is_file():
             raise LoraftError(f"{self.path}: the run has not finished (no summary.json)")
-        return json.loads(self.summary_path.read_text(encoding="utf-8"))
+        try:
+            return json.loads(self.summary_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise LoraftError(f"{self.summary_path}: not a loraft summary (invalid JSON)") from None
+
+
+def refuse_special_folder(path: Path) -> None:
+    """A run directory must not be `/`, home, the current folder or one above it, a repository,
+    or a folder of runs: with --overwrite, loraft removes its own files there."""
+    resolved = path.expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    reasons = [
+        (lambda: resolved == Path(resolved.anchor), "the filesystem root"),
+        (lambda: resolved == Path.home().resolve(), "your home folder"),
+        (lambda: resolved == cwd or resolved in cwd.parents, "the current folder or one of its parents"),
+        (lambda: resolved == (cwd / "runs").resolve(), "the runs folder"),
+        (lambda: (resolved / ".git").exists(), "a repository"),
+        (lambda: resolved.is_dir() and _holds_runs(resolved), "a folder of runs"),
+    ]
+    for refused, what in reasons:
+        if refused():
+            raise LoraftError(f"output_dir: {path} is {what}; a run needs a folder of its own")
+
+
+def _holds_runs(folder: Path) -> bool:
+    return any((child / MARKER).is_file() for child in folder.iterdir() if child.is_dir())
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write a small file beside its destination, then rename it over: never half-written."""
+    staging = path.with_name(f".tmp-{path.name}")
+    staging.write_text(text, encoding="utf-8")
+    os.replace(staging, path)

@@ -10,17 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM
-
-from loraft.checkpoint import load_checkpoint
+from loraft.checks import check_recipe
 from loraft.data import data_roots
 from loraft.errors import LoraftError
-from loraft.generation import generate_with_stats
 from loraft.recipe import Recipe
 from loraft.run_dir import RunDirectory
-from loraft.tasks import build_task
-from loraft.tasks.causal_lm import CausalLMTask, score_generations
-from loraft.tokenizer import load_tokenizer
 
 STUDY_FILE = "study.json"
 COLUMNS = [
@@ -36,9 +30,15 @@ COLUMNS = [
 
 def run_study(recipe: Recipe, data_root: str | Path | None = None, overwrite: bool = False) -> dict:
     """Scores of every decoder in `study.decoders`, also written to <output_dir>/study.json."""
-    task = build_task(recipe, data_roots(data_root))
-    if not isinstance(task, CausalLMTask):
+    from loraft.generation import generate_with_stats
+    from loraft.tasks import build_task
+    from loraft.tasks.causal_lm import score_generations
+
+    if recipe.task == "classification":
         raise LoraftError(f"task: '{recipe.task}' does not generate text; a study needs a causal-LM task")
+    roots = data_roots(data_root)
+    check_recipe(recipe, roots)
+    task = build_task(recipe, roots)
     output = recipe.run_dir / STUDY_FILE
     if output.exists() and not overwrite:
         raise LoraftError(f"{output}: a study is already there; pass --overwrite to replace it")
@@ -60,14 +60,18 @@ def run_study(recipe: Recipe, data_root: str | Path | None = None, overwrite: bo
 
 
 def _study_model(recipe: Recipe):
+    """The studied model on the GPU when there is one: a run's checkpoint, or `model.name`."""
+    from loraft.inference import load_generator
+
     if recipe.study.run:
-        run = RunDirectory.open(recipe.study.run)
-        run_recipe = run.read_recipe()
-        return load_checkpoint(run, recipe.study.checkpoint, run_recipe, "causal_lm")
-    if not recipe.model.name:
+        if not RunDirectory(recipe.study.run).is_run():
+            raise LoraftError(f"study.run: {recipe.study.run} is not a loraft run directory (train it first)")
+        generator = load_generator(recipe.study.run, recipe.study.checkpoint)
+    elif not recipe.model.name:
         raise LoraftError("study.run: a model trained from scratch must be studied through its run directory")
-    model = AutoModelForCausalLM.from_pretrained(recipe.model.name, revision=recipe.model.revision)
-    return model, load_tokenizer(recipe.model.tokenizer or recipe.model.name, recipe.model.revision)
+    else:
+        generator = load_generator(recipe.model.name)
+    return generator.model, generator.tokenizer
 
 
 def format_study(results: dict[str, dict]) -> str:

@@ -5,6 +5,7 @@ Every hypothesis has exactly one reference. Scores are on sacrebleu's 0-100 scal
 
 from __future__ import annotations
 
+import functools
 from numbers import Number
 from pathlib import Path
 
@@ -82,16 +83,40 @@ def signatures() -> dict[str, str]:
     return signed
 
 
-def evaluate_metric(spec: str, predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Run a Hugging Face `evaluate` metric: `evaluate:<hub name>` or `evaluate:<local dir>`.
-
-    Returns the metric's numeric results under its own keys (lists and text are dropped).
-    """
-    if not spec.startswith(EVALUATE_PREFIX) or not spec[len(EVALUATE_PREFIX) :].strip():
+def parse_metric_spec(spec: str) -> tuple[str, bool]:
+    """(`name`, is it local code) of `evaluate:<hub name>` or `evaluate:<local dir or .py>`."""
+    name = spec[len(EVALUATE_PREFIX) :].strip() if spec.startswith(EVALUATE_PREFIX) else ""
+    if not name:
         raise LoraftError(f"eval.metrics: expected 'evaluate:<name or path>', got {spec!r}")
-    name = spec[len(EVALUATE_PREFIX) :].strip()
-    metric = _load_evaluate_metric(name)
-    results = metric.compute(predictions=predictions, references=references) or {}
+    looks_local = name.startswith(("/", "./", "../", "~")) or name.endswith(".py")
+    if looks_local and not Path(name).expanduser().exists():
+        raise LoraftError(f"eval.metrics: {spec!r}: no such file or folder")
+    return name, looks_local or Path(name).expanduser().exists()
+
+
+@functools.cache
+def load_metric(spec: str):
+    """The `evaluate` module of a metric spec, loaded once per process; failures are one line."""
+    import evaluate  # slow to import (datasets, pandas): only when a recipe asks for it
+
+    from loraft.hub import go_offline_unless_reachable, offline_hint
+
+    name, local = parse_metric_spec(spec)
+    if not local:
+        go_offline_unless_reachable()
+    try:
+        return evaluate.load(str(Path(name).expanduser()) if local else name)
+    except Exception as error:  # evaluate raises anything from FileNotFoundError to HTTP errors
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise LoraftError(
+            f"eval.metrics: cannot load Hugging Face metric {name!r} "
+            f"(offline, misspelt, or missing a dependency?): {reason}{offline_hint()}"
+        ) from None
+
+
+def evaluate_metric(spec: str, predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Run a Hugging Face `evaluate` metric; its numeric results under its own keys."""
+    results = load_metric(spec).compute(predictions=predictions, references=references) or {}
     return {key: float(value) for key, value in results.items() if _is_number(value)}
 
 
@@ -100,17 +125,3 @@ def _is_number(value: object) -> bool:
     if getattr(value, "ndim", None) == 0:
         value = value.item()
     return isinstance(value, Number)
-
-
-def _load_evaluate_metric(name: str):
-    import evaluate  # slow to import (datasets, pandas): only when a recipe asks for it
-
-    path = Path(name).expanduser()
-    try:
-        return evaluate.load(str(path) if path.is_dir() else name)
-    except Exception as error:  # evaluate raises anything from FileNotFoundError to HTTP errors
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise LoraftError(
-            f"eval.metrics: cannot load Hugging Face metric {name!r} "
-            f"(offline, misspelt, or missing a dependency?): {reason}"
-        ) from None

@@ -8,18 +8,22 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from loraft.errors import LoraftError
+from loraft.hub import go_offline_unless_reachable, is_local, offline_hint
 
 END_OF_TEXT = "<|endoftext|>"
 
 
 def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
     """Load a tokenizer by hub id or local path and give it a pad token (GPT-2 has none)."""
+    if not is_local(name):
+        go_offline_unless_reachable()
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             name, revision=revision, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as error:
-        raise LoraftError(f"model.tokenizer: cannot load '{name}': {_first_line(error)}") from None
+        reason = _first_line(error)
+        raise LoraftError(f"model.tokenizer: cannot load '{name}': {reason}{offline_hint()}") from None
     return ensure_pad_token(tokenizer)
 
 

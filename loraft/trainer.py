@@ -1,366 +1,354 @@
-"""One training loop for every task, on `accelerate` (CPU, one GPU, DDP, FSDP, DeepSpeed).
+"""The training loop: one for every task, on `accelerate` (CPU, one GPU, DDP, FSDP, DeepSpeed).
 
-`train_recipe` wires recipe -> data -> model -> loop -> run directory. The loop is AdamW with
-linear warm-up and decay, gradient accumulation and clipping, mixed precision, periodic
-evaluation, and best/last checkpoints.
+`Trainer.train_step` is the whole arithmetic of one optimizer step:
+
+    targets = target tokens of the whole step, on every process   (one all-reduce)
+    for each of this process's micro-batches:
+        loss_sum = sum of its token losses                         (task.loss_sum)
+        backward(loss_sum * world_size / targets)
+    clip the gradient norm; optimizer step; schedule step; zero the gradients
+
+Every target token of an optimizer step weighs the same, whichever micro-batch or process it
+landed in, so batch 8 x accumulation 1, 4 x 2 and two processes of 4 make the same update and
+log the same loss (DDP averages gradients over processes, hence `* world_size`). This is what
+transformers' Trainer does with `num_items_in_batch` and torchtune with `scale_grads`. For
+classification a target is an example. The logged `loss` is the same token-weighted mean, so
+it compares with `eval_loss`; `lr` is the rate the step used.
+
+`fit` runs the steps, evaluates every `train.eval_every` steps, and saves `checkpoints/best`,
+`checkpoints/last` and the training state (for --resume) as the recipe asks.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import math
-import os
+import signal
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+from transformers import PreTrainedTokenizerBase
 
-from loraft.checkpoint import load_checkpoint, save_base_model, save_checkpoint
-from loraft.data import data_roots
+from loraft.batches import DataOrder, MicroBatch
+from loraft.checkpoint import save_checkpoint
 from loraft.errors import LoraftError
-from loraft.model import build_model, build_tokenizer, count_parameters, describe_parameters
 from loraft.recipe import Recipe
 from loraft.run_dir import RunDirectory
-from loraft.system import environment_facts, peak_memory_mb
-from loraft.tasks import build_task
-from loraft.tasks.base import Task
+from loraft.system import peak_memory_mb
+from loraft.tasks.base import IGNORE_INDEX, Batch, Task
+from loraft.trackers import Trackers
+from loraft.training_state import save_training_state
+
+TIMING_KEYS = ("tokens_per_s", "seconds")  # the only fields of metrics.jsonl that vary run to run
 
 
-@dataclass
-class TrainResult:
-    """What `train_recipe` hands back: the summary and the trained model with its tokenizer."""
-
-    summary: dict
-    model: torch.nn.Module
-    tokenizer: PreTrainedTokenizerBase
-    is_main_process: bool = True  # under DDP, only the main process reports
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after saving; the message says how to resume."""
 
 
 @dataclass
 class Progress:
-    """Counters of the loop; `train_s` excludes start-up, evaluation and saving."""
+    """Counters behind metrics.jsonl and summary.json, saved with every training state."""
 
     step: int = 0
-    train_tokens: int = 0
-    train_s: float = 0.0
+    train_tokens: int = 0  # non-padding tokens of training steps, all processes
+    train_s: float = 0.0  # time inside training steps (not evaluation or saving)
+    eval_s: float = 0.0
+    save_s: float = 0.0
     best_value: float | None = None
     best_step: int | None = None
-    best_eval: dict = field(default_factory=dict)
-    last_eval: dict = field(default_factory=dict)
+    best_eval: dict[str, Any] = field(default_factory=dict)
+    last_eval: dict[str, Any] = field(default_factory=dict)
+    window_loss: float = 0.0  # summed token losses since the last log line
+    window_targets: float = 0.0
+    saved_step: int = 0  # the step of the newest training state
+    wall_s: float = 0.0  # this run's wall-clock time, every session of it
+    peak_memory_mb: float = 0.0
 
 
-def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite: bool = False) -> TrainResult:
-    """Run a recipe end to end; the summary is also written to the run's summary.json."""
-    started = time.perf_counter()
-    require_tracker(recipe.train.tracker)
-    accelerator = Accelerator(
-        cpu=multi_process_cpu(),
-        mixed_precision="no" if recipe.train.precision == "fp32" else recipe.train.precision,
-        gradient_accumulation_steps=recipe.train.grad_accum,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        log_with=None if recipe.train.tracker == "none" else recipe.train.tracker,
-        project_dir=str(recipe.run_dir),
-    )
-    RunDirectory.check_available(recipe.run_dir, overwrite)  # before minutes of loading
-    set_seed(recipe.train.seed)
-
-    task = build_task(recipe, data_roots(data_root))
-    train_rows, eval_rows = task.rows()
-    tokenizer = build_tokenizer(recipe, task.texts_for_tokenizer(train_rows))
-    model = build_model(recipe, task.kind, tokenizer, **task.model_options())
-    check_context(recipe, model)
-    loop = TrainingLoop(recipe, task, tokenizer, accelerator)
-    # Everything is validated: only now is an earlier run (with --overwrite) replaced.
-    run = RunDirectory.create(recipe.run_dir, overwrite) if accelerator.is_main_process else None
-    accelerator.wait_for_everyone()
-    loop.run = run
-    trainable, total = count_parameters(model)
-    accelerator.print(describe_parameters(trainable, total))
-    warn_about_slow_precision(recipe.train.precision, accelerator)
-    if recipe.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if run is not None:
-        run.write_recipe(recipe)
-        if recipe.model.config is not None and recipe.method != "full":
-            save_base_model(run, model)
-
-    train_set, eval_set = task.tokenize(train_rows, tokenizer), task.tokenize(eval_rows, tokenizer)
-    progress = loop.fit(model, train_set, eval_set)
-    best_extra = {}
-    if accelerator.is_main_process and progress.best_step is not None:
-        # Generation scores and prediction files come from the best checkpoint, as
-        # `loraft eval` (best by default) reproduces them.
-        best_model, _ = load_checkpoint(run, "best", recipe, task.kind, **task.model_options())
-        best_extra = task.final_evaluation(best_model.to(accelerator.device), tokenizer, recipe.run_dir)
-    summary = {
-        **describe_run(recipe, trainable, total, len(train_rows), len(eval_rows)),
-        **describe_progress(progress),
-        "peak_memory_mb": peak_memory_mb(accelerator.device),
-        "wall_s": time.perf_counter() - started,
-        "best_metric": loop.metric,
-        "best_eval": {**progress.best_eval, **best_extra},
-        **environment_facts(accelerator, recipe.train.precision),
-    }
-    if run is not None:
-        run.write_summary(summary)
-    accelerator.end_training()
-    return TrainResult(summary, accelerator.unwrap_model(model), tokenizer, accelerator.is_main_process)
+@dataclass
+class StepResult:
+    loss_sum: float  # all processes
+    targets: float
+    tokens: float
+    lr: float
+    grad_norm: float | None
 
 
-def describe_run(recipe: Recipe, trainable: int, total: int, train_rows: int, eval_rows: int) -> dict:
-    """The summary's identity and parameter accounting."""
-    return {
-        "name": recipe.name,
-        "run_dir": str(recipe.run_dir),
-        "task": recipe.task,
-        "method": recipe.method,
-        "model": recipe.model.name or "scratch",
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_pct": 100 * trainable / total,
-        "train_examples": train_rows,
-        "eval_examples": eval_rows,
-    }
+class StopSignals:
+    """SIGINT/SIGTERM ask the loop to stop at the next step boundary; a second Ctrl-C stops now."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        with contextlib.suppress(ValueError):  # not the main thread: no handlers, no stops
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number: int, frame: object) -> None:
+        if self.requested and number == signal.SIGINT:
+            previous = self._previous.get(number)
+            if callable(previous):
+                previous(number, frame)
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("stopping after this step to save the run... (Ctrl-C again to stop at once)")
 
 
-def describe_progress(progress: Progress) -> dict:
-    """The summary's training figures: tokens/s counts non-padding tokens of training steps."""
-    return {
-        "steps": progress.step,
-        "train_tokens": progress.train_tokens,
-        "train_s": progress.train_s,
-        "train_tokens_per_s": progress.train_tokens / max(progress.train_s, 1e-9),
-        "final_eval": progress.last_eval,
-        "best_step": progress.best_step,
-    }
-
-
-def check_context(recipe: Recipe, model: torch.nn.Module) -> None:
-    """Examples longer than the model's positions would index past its position table."""
-    context = getattr(model.config, "n_positions", None) or getattr(
-        model.config, "max_position_embeddings", None
-    )
-    if context and recipe.data.max_length > context:
-        raise LoraftError(
-            f"data.max_length: {recipe.data.max_length} is longer than the model's context "
-            f"({context} positions); use data.max_length={context} or less"
-        )
-
-
-def require_tracker(tracker: str) -> None:
-    """An extra logger must be installed before anything runs (it is an optional extra)."""
-    module = {"wandb": "wandb", "tensorboard": "tensorboard"}.get(tracker)
-    if module and importlib.util.find_spec(module) is None:
-        raise LoraftError(f"train.tracker: {tracker} is not installed; pip install 'loraft[{tracker}]'")
-
-
-def warn_about_slow_precision(precision: str, accelerator: Accelerator) -> None:
-    """bf16/fp16 on a CPU without native support is emulated: often 10x slower than fp32."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    if accelerator.device.type == "cpu" and precision != "fp32" and "AVX512" not in capability:
-        accelerator.print(
-            f"warning: train.precision={precision} on a CPU with {capability} only (no native "
-            "16-bit matmul): expect it to be much slower than fp32"
-        )
-
-
-def multi_process_cpu() -> bool:
-    """True under `torchrun` without GPUs: accelerate then needs cpu=True to use gloo DDP."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-
-
-class TrainingLoop:
-    """The loop itself: `fit` trains a prepared model and returns its progress counters."""
+class Trainer:
+    """Trains a prepared model; everything it needs is decided before (see loraft.training)."""
 
     def __init__(
         self,
         recipe: Recipe,
         task: Task,
-        tokenizer: PreTrainedTokenizerBase,
         accelerator: Accelerator,
-        run: RunDirectory | None = None,
+        parts: TrainingParts,
+        run: RunDirectory | None,
+        trackers: Trackers,
+        stop: StopSignals,
+        started: float,
     ) -> None:
-        self.recipe, self.task, self.tokenizer = recipe, task, tokenizer
-        self.accelerator, self.run = accelerator, run
+        self.recipe, self.task, self.accelerator = recipe, task, accelerator
+        self.model, self.optimizer, self.scheduler = parts.model, parts.optimizer, parts.scheduler
+        self.order, self.examples, self.tokenizer = parts.order, parts.examples, parts.tokenizer
+        self.eval_loader = parts.eval_loader
+        self.run, self.trackers, self.stop = run, trackers, stop
+        self.started, self.wall_before = started, 0.0  # wall_before: earlier sessions (resume)
+        self.progress = Progress()
+        self.total_steps = self.order.total_steps(recipe.train.epochs, recipe.train.max_steps)
+        self.eval_every = recipe.train.eval_every or self.order.steps_per_epoch
         self.metric = recipe.eval.metric or task.default_metric
-        if self.metric not in task.metric_names:
-            choices = ", ".join(task.metric_names)
-            raise LoraftError(f"eval.metric: '{self.metric}' is not computed by this task; use {choices}")
         self.greater_is_better = not self.metric.endswith(("loss", "perplexity"))
 
-    def fit(self, model: torch.nn.Module, train_set, eval_set) -> Progress:
-        """Train for `max_steps` (or `epochs`), evaluating and checkpointing along the way."""
-        train_cfg = self.recipe.train
-        train_loader = self._loader(train_set, train_cfg.batch_size, shuffle=True)
-        eval_loader = self._loader(eval_set, train_cfg.eval_batch_size or train_cfg.batch_size)
-        optimizer = torch.optim.AdamW(parameter_groups(model, train_cfg.weight_decay), lr=train_cfg.lr)
-        model, optimizer, train_loader, self.eval_loader = self.accelerator.prepare(
-            model, optimizer, train_loader, eval_loader
-        )
-        steps_per_epoch = max(1, math.ceil(len(train_loader) / train_cfg.grad_accum))
-        self.total_steps = train_cfg.max_steps or math.ceil(train_cfg.epochs * steps_per_epoch)
-        self.eval_every = train_cfg.eval_every or steps_per_epoch
-        # Stepped by hand once per optimizer step (not prepared by accelerate), so the
-        # schedule is the same on one process or many.
-        self.scheduler = get_linear_schedule_with_warmup(
-            optimizer, round(train_cfg.warmup_ratio * self.total_steps), self.total_steps
-        )
-        self.accelerator.init_trackers(self.recipe.name, config=self.recipe.model_dump(mode="json"))
-        self.bar = tqdm(
-            total=self.total_steps,
-            desc=self.recipe.name,
-            disable=not self.accelerator.is_main_process,
-        )
-        progress, window, epoch = Progress(), _LossWindow(), 0
-        if self.recipe.eval.at_start:
-            self._evaluate(model, progress, keep_best=False)
-        while progress.step < self.total_steps:
-            if hasattr(train_loader, "set_epoch"):  # reshuffle each epoch, reproducibly
-                train_loader.set_epoch(epoch)
-            model.train()
-            tick = time.perf_counter()
-            for batch in train_loader:
-                window.add(self._micro_step(model, optimizer, batch), batch["attention_mask"])
-                if not self.accelerator.sync_gradients:
-                    continue
-                progress.step += 1
-                progress.train_s += time.perf_counter() - tick
-                progress.train_tokens += window.take_step_tokens()
-                self._after_step(model, progress, window, epoch)
-                if progress.step >= self.total_steps:
-                    break
-                model.train()
+    # --- the loop -----------------------------------------------------------------------
+
+    def fit(self) -> Progress:
+        """Train until `total_steps`, evaluating and saving on the way."""
+        if self.progress.step == 0 and self.recipe.eval.at_start:
+            self.evaluate(candidate=False)  # the untrained baseline
+        bar = tqdm(total=self.total_steps, initial=self.progress.step, desc=self.recipe.name,
+                   disable=not self.accelerator.is_main_process)  # fmt: skip
+        with bar:
+            while self.progress.step < self.total_steps:
+                step = self.progress.step + 1
                 tick = time.perf_counter()
-            epoch += 1
-        self.bar.close()
-        if progress.last_eval.get("step") != progress.step:
-            self._evaluate(model, progress)
-        self._save(model, "last", progress)
-        tokens = torch.tensor(progress.train_tokens, device=self.accelerator.device)
-        progress.train_tokens = int(self.accelerator.reduce(tokens, "sum"))
-        return progress
+                result = self.train_step(step)
+                self.progress.train_s += time.perf_counter() - tick
+                self.record_step(step, result, bar)
+                last = step == self.total_steps
+                if step % self.eval_every == 0 or last:
+                    self.evaluate()
+                if self.saves_at(step) or last:
+                    self.save_progress()
+        return self.progress
 
-    def _micro_step(self, model, optimizer, batch) -> float:
-        with self.accelerator.accumulate(model):
-            loss = self.task.loss(model, batch)
-            self.accelerator.backward(loss)
-            if self.accelerator.sync_gradients and self.recipe.train.max_grad_norm:
-                self.accelerator.clip_grad_norm_(model.parameters(), self.recipe.train.max_grad_norm)
-            optimizer.step()
-            if self.accelerator.sync_gradients:
-                self.scheduler.step()
-            optimizer.zero_grad()
-        return loss.detach().float().item()
+    def train_step(self, step: int) -> StepResult:
+        """One optimizer step over this process's micro-batches of `step` (see the module doc)."""
+        micro_batches = [self.collate(micro) for micro in self.order.micro_batches(step, self.rank)]
+        targets, tokens, stop = self.sum_over_processes(
+            sum(self.task.count_targets(batch) for batch in micro_batches),
+            sum(int(batch["attention_mask"].sum()) for batch in micro_batches),
+            float(self.stop.requested),
+        )
+        if stop:
+            self.interrupt()
+        self.model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.accelerator.device)
+        for index, batch in enumerate(micro_batches):
+            with self.micro_step(last=index == len(micro_batches) - 1):
+                summed = self.task.loss_sum(self.model, self.to_device(batch))
+                self.accelerator.backward(summed * self.accelerator.num_processes / max(targets, 1))
+            loss_sum += summed.detach()
+        max_norm = self.recipe.train.max_grad_norm or math.inf  # inf: measure, do not clip
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+        (global_loss_sum,) = self.sum_over_processes(loss_sum)
+        self.stop_if_not_finite(step, global_loss_sum / max(targets, 1), grad_norm)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        if not self.accelerator.optimizer_step_was_skipped:  # fp16: a step with inf gradients
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        norm = None if grad_norm is None else float(grad_norm)
+        return StepResult(global_loss_sum, targets, tokens, lr, norm)
 
-    def _after_step(self, model, progress: Progress, window: _LossWindow, epoch: int) -> None:
-        """Progress bar, metric logging, periodic evaluation and checkpoints after a step."""
+    @contextlib.contextmanager
+    def micro_step(self, last: bool):
+        """Gradients are synchronised across processes (and DeepSpeed steps) on the last
+        micro-batch only: what `accelerator.accumulate` does, for windows of any length."""
+        self.accelerator.gradient_state._set_sync_gradients(last)
+        with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
+            yield
+
+    # --- bookkeeping ----------------------------------------------------------------------
+
+    def record_step(self, step: int, result: StepResult, bar: tqdm) -> None:
+        progress = self.progress
+        progress.step, progress.train_tokens = step, progress.train_tokens + int(result.tokens)
+        progress.window_loss += result.loss_sum
+        progress.window_targets += result.targets
         rate = progress.train_tokens / max(progress.train_s, 1e-9)
-        lr = self.scheduler.get_last_lr()[0]
-        self.bar.update(1)
-        self.bar.set_postfix(loss=f"{window.mean():.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
-        last = progress.step == self.total_steps
-        if progress.step % self.recipe.train.log_every == 0 or last:
-            record = {"step": progress.step, "epoch": epoch, "loss": window.mean(), "lr": lr}
-            self._log({**record, "tokens_per_s": rate})
-            window.reset()
-        if progress.step % self.eval_every == 0 and not last:
-            self._evaluate(model, progress)
-        save_every = self.recipe.train.save_every
-        if save_every and progress.step % save_every == 0 and not last:
-            self._save(model, "last", progress)
+        bar.update(1)
+        bar.set_postfix(loss=f"{result.loss_sum / max(result.targets, 1):.4f}", lr=f"{result.lr:.2e}",
+                        tok_s=f"{rate:,.0f}")  # fmt: skip
+        if step % self.recipe.train.log_every == 0 or step == self.total_steps:
+            record = {
+                "kind": "train",
+                "step": step,
+                "epoch": round(step / self.order.steps_per_epoch, 4),
+                "loss": progress.window_loss / max(progress.window_targets, 1),
+                "lr": result.lr,
+                "grad_norm": result.grad_norm,
+                "tokens_per_s": rate,
+            }
+            self.log(record)
+            progress.window_loss, progress.window_targets = 0.0, 0.0
 
-    def _evaluate(self, model, progress: Progress, keep_best: bool = True) -> None:
-        model.eval()
+    def evaluate(self, candidate: bool = True) -> dict[str, Any]:
+        """Evaluate on the periodic eval set; a better `eval.metric` saves `checkpoints/best`."""
+        tick = time.perf_counter()
+        self.model.eval()
         with torch.inference_mode():
-            metrics = self.task.evaluate(model, self.eval_loader, self.accelerator)
-        metrics = {"step": progress.step, **metrics}
-        progress.last_eval = metrics
-        self._log(metrics)
+            metrics = {
+                "step": self.progress.step,
+                **self.task.evaluate(self.model, self.eval_loader, self.accelerator),
+            }
+        seconds = time.perf_counter() - tick
+        self.progress.eval_s += seconds
+        self.progress.last_eval = metrics
+        self.log({"kind": "eval", **metrics, "seconds": seconds})
         if self.accelerator.is_main_process:
-            tqdm.write(_format_eval(metrics))
-        if not keep_best:
-            return
+            tqdm.write(format_metrics("eval", metrics))
         value = metrics[self.metric]
-        better = value == value and (
-            progress.best_value is None
-            or (value > progress.best_value if self.greater_is_better else value < progress.best_value)
-        )  # NaN (value != value) is never the best
-        if better:
-            progress.best_value, progress.best_step, progress.best_eval = (
+        if candidate and self.is_better(value):
+            self.progress.best_value, self.progress.best_step, self.progress.best_eval = (
                 value,
-                progress.step,
+                self.progress.step,
                 metrics,
             )
-            self._save(model, "best", progress)
+            self.save_weights("best")
+        return metrics
 
-    def _save(self, model, name: str, progress: Progress) -> None:
-        self.accelerator.wait_for_everyone()
-        if self.run is None:
-            return
-        state = {"step": progress.step, "eval": progress.last_eval}
-        unwrapped = self.accelerator.unwrap_model(model)
-        save_checkpoint(self.run.checkpoint(name), unwrapped, self.tokenizer, self.recipe, state)
+    def is_better(self, value: float) -> bool:
+        best = self.progress.best_value
+        if value != value:  # NaN is never the best
+            return False
+        return best is None or (value > best if self.greater_is_better else value < best)
 
-    def _log(self, record: dict) -> None:
-        if self.run is not None:
-            self.run.log(record)
-        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
-        self.accelerator.log(scalars, step=record["step"])  # trackers take scalars only
+    def saves_at(self, step: int) -> bool:
+        every = self.recipe.train.save_every or self.eval_every
+        return step % every == 0
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool = False) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.recipe.train.seed)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            collate_fn=lambda features: self.task.collate(features, self.tokenizer),
+    def update_clock(self) -> None:
+        """Wall-clock time and peak memory so far, over every session of the run."""
+        self.progress.wall_s = self.wall_before + time.perf_counter() - self.started
+        self.progress.peak_memory_mb = max(
+            self.progress.peak_memory_mb, peak_memory_mb(self.accelerator.device)
         )
 
+    def save_progress(self) -> None:
+        """`checkpoints/last` and a full training state (for --resume) at the current step."""
+        tick = time.perf_counter()
+        self.update_clock()
+        self.save_weights("last")
+        counters = {**asdict(self.progress), "saved_step": self.progress.step}
+        counters["num_processes"] = self.accelerator.num_processes
+        save_training_state(self.accelerator, self.recipe.run_dir / "train_state", self.progress.step,
+                            counters, self.recipe.train.keep_last)  # fmt: skip
+        self.progress.saved_step = self.progress.step
+        self.progress.save_s += time.perf_counter() - tick
 
-class _LossWindow:
-    """Mean training loss since the last log line, and tokens since the last step."""
+    def save_weights(self, name: str) -> None:
+        # Every process takes part: under FSDP or ZeRO-3 the state dict is gathered here.
+        state_dict = self.accelerator.get_state_dict(self.model)
+        if self.run is not None:
+            info = {"step": self.progress.step, "eval": self.progress.last_eval}
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            save_checkpoint(self.run.checkpoint(name), unwrapped, state_dict, self.tokenizer,
+                            self.recipe.method, info)  # fmt: skip
+        self.accelerator.wait_for_everyone()
 
-    def __init__(self) -> None:
-        self.total, self.count, self.tokens_since_step = 0.0, 0, 0
+    def interrupt(self) -> None:
+        """Save what the run has (unless the newest state is current) and stop with directions."""
+        if self.progress.saved_step != self.progress.step:
+            self.save_progress()
+        raise RunInterrupted(
+            f"interrupted after step {self.progress.step} of {self.total_steps}; saved "
+            f"{self.recipe.run_dir / 'train_state'}; resume with: loraft train <recipe> --resume"
+        )
 
-    def add(self, loss: float, attention_mask: torch.Tensor) -> None:
-        self.total, self.count = self.total + loss, self.count + 1
-        self.tokens_since_step += int(attention_mask.sum())  # non-padding tokens only
+    def stop_if_not_finite(self, step: int, loss: float, grad_norm: torch.Tensor | None) -> None:
+        """A NaN or infinite loss (or gradient, unless fp16's scaler will skip it) ends the run;
+        nothing after the last good step is saved."""
+        scaler_handles_inf = self.accelerator.scaler is not None
+        bad_norm = grad_norm is not None and not scaler_handles_inf and not math.isfinite(float(grad_norm))
+        if math.isfinite(loss) and not bad_norm:
+            return
+        what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {float(grad_norm)}"
+        kept = f"step {self.progress.saved_step}" if self.progress.saved_step else "no step (none was saved)"
+        raise LoraftError(
+            f"step {step}: the training {what}; stopped. checkpoints/last and train_state keep {kept}; "
+            "try a lower train.lr, train.max_grad_norm, or precision fp32"
+        )
 
-    def take_step_tokens(self) -> int:
-        tokens, self.tokens_since_step = self.tokens_since_step, 0
-        return tokens
+    def log(self, record: dict[str, Any]) -> None:
+        if self.run is not None:
+            self.run.log(record)
+        self.trackers.log(record)
 
-    def mean(self) -> float:
-        return self.total / max(self.count, 1)
+    # --- data -----------------------------------------------------------------------------
 
-    def reset(self) -> None:
-        self.total, self.count = 0.0, 0
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    def collate(self, micro: MicroBatch) -> Batch:
+        batch = self.task.collate([self.examples[index] for index in micro.indices], self.tokenizer)
+        if micro.placeholder:  # keeps processes in step; contributes nothing
+            batch["labels"] = torch.full_like(batch["labels"], IGNORE_INDEX)
+            batch["attention_mask"] = torch.zeros_like(batch["attention_mask"])
+            batch["attention_mask"][:, 0] = 1
+        return batch
+
+    def to_device(self, batch: Batch) -> Batch:
+        return {key: value.to(self.accelerator.device, non_blocking=True) for key, value in batch.items()}
+
+    def sum_over_processes(self, *values: float | torch.Tensor) -> list[float]:
+        """Sum numbers over all processes in one collective (a no-op on one process)."""
+        local = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.accelerator.device)
+        return self.accelerator.reduce(local, "sum").tolist()
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases and LayerNorm weights (1-D tensors)."""
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+@dataclass
+class TrainingParts:
+    """What the trainer trains: prepared model, optimizer, schedule, data and eval loader."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    order: DataOrder
+    examples: list[dict[str, Any]]
+    eval_loader: DataLoader
+    tokenizer: PreTrainedTokenizerBase
 
 
-def _format_eval(metrics: dict) -> str:
+def format_metrics(prefix: str, metrics: dict[str, Any]) -> str:
+    """`prefix key=value ...` for scalars, 4 decimals for floats."""
     shown = [
         f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
         for k, v in metrics.items()
-        if not isinstance(v, (list, dict))
+        if not isinstance(v, list | dict)
     ]
-    return "eval " + " ".join(shown)
+    return " ".join([prefix, *shown])

@@ -1,25 +1,37 @@
-"""Shared fixtures: a tiny GPT-2 and a byte-level BPE built here, saved, and loaded by path."""
+"""Shared fixtures: a tiny GPT-2 and a byte-level BPE built here, saved, and loaded by path.
+
+The tiny model is the same whether or not ../shared/data is beside the repository: its
+tokenizer is trained on the Joker lines that ship in data/.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from loraft.recipe import load_recipe
+from loraft.cli import run as run_cli
+from loraft.recipe_files import load_recipe
 from loraft.tokenizer import train_byte_level_bpe
-from loraft.trainer import train_recipe
+from loraft.training import train_recipe
 
 # Tiny models gain nothing from threads, and on a shared 2-core machine oversubscribed
 # threads make a 20 ms step take a second. Subprocesses inherit the variable.
 os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"  # no test reaches for the hub
 torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+JOKER = REPO / "data" / "joker" / "joker.jsonl"
 
 
 def shared_file(relative: str) -> Path:
@@ -30,20 +42,10 @@ def shared_file(relative: str) -> Path:
     return path
 
 
-def _tokenizer_texts() -> list[str]:
-    texts = [line for line in (REPO / "data" / "joker" / "joker.jsonl").read_text().splitlines()]
-    for relative in ("ag_news/news.csv", "cs224n/ids-sst-train.csv", "cs224n/sonnets.txt"):
-        path = SHARED_DATA / relative
-        if path.is_file():
-            texts.extend(path.read_text(encoding="utf-8-sig").splitlines()[:3000])
-    return texts
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer GPT-2 (width 64) with a 1,000-token BPE, saved like a hub checkpoint."""
-    directory = tmp_path_factory.mktemp("tiny-gpt2")
-    tokenizer = train_byte_level_bpe(_tokenizer_texts(), vocab_size=1000)
+def save_tiny_gpt2(directory: Path, dropout: float = 0.0) -> Path:
+    """A 2-layer GPT-2 (width 64) with a 1,000-token BPE trained on the shipped Joker lines."""
+    texts = [" ".join(json.loads(line).values()) for line in JOKER.read_text().splitlines()]
+    tokenizer = train_byte_level_bpe(texts * 3, vocab_size=1000)
     torch.manual_seed(0)
     config = GPT2Config(
         vocab_size=len(tokenizer),
@@ -51,6 +53,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         n_embd=64,
         n_layer=2,
         n_head=2,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
@@ -60,23 +65,55 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny GPT-2 without dropout, saved like a hub checkpoint."""
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture
+def loraft(capsys: pytest.CaptureFixture) -> Callable[..., tuple[int, str, str]]:
+    """`loraft ARGS...` in this process: (exit code, stdout, stderr)."""
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = run_cli([str(arg) for arg in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke
+
+
+def loraft_process(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m loraft ARGS...` in a fresh process (for signals, launchers and main())."""
+    command = [sys.executable, "-m", "loraft", *map(str, args)]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def read_records(run: Path, kind: str) -> list[dict]:
+    """metrics.jsonl records of one kind (`train` or `eval`)."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record["kind"] == kind]
+
+
+def joker_recipe(model_dir: Path, run: Path, *overrides: str):
+    """The Joker persona recipe on a local model, quick settings, no generation."""
+    quick = [
+        f"model.name={model_dir}",
+        f"output_dir={run}",
+        "data.max_length=48",
+        "eval.generate=false",
+        "train.epochs=1",
+    ]
+    return load_recipe(RECIPES / "joker.yaml", [*quick, *overrides])
+
+
+@pytest.fixture(scope="session")
 def runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A LoRA and a full news run of the tiny model (10 steps each, no generative eval)."""
-    shared_file("ag_news/news.csv")
+    """A LoRA and a full Joker run of the tiny model (12 steps each, no generative eval)."""
     made = {}
-    for method in ("lora", "full"):
-        run = tmp_path_factory.mktemp(method)
-        overrides = [
-            f"model.name={tiny_model_dir}",
-            f"method={method}",
-            f"output_dir={run}",
-            "train.max_steps=10",
-            "data.train_size=80",
-            "data.eval_size=16",
-            "data.max_length=32",
-            "eval.generate=false",
-            "train.lr=1e-2",
-        ]
-        train_recipe(load_recipe(REPO / "recipes" / "news.yaml", overrides), SHARED_DATA, overwrite=True)
+    for method, lr in (("lora", "1e-2"), ("full", "2e-3")):
+        run = tmp_path_factory.mktemp(method) / "run"
+        overrides = [f"method={method}", "train.max_steps=12", f"train.lr={lr}", "train.eval_every=6"]
+        train_recipe(joker_recipe(tiny_model_dir, run, *overrides))
         made[method] = run
     return made

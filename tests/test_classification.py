@@ -21,18 +21,16 @@ import pytest
 import torch
 from conftest import REPO, SHARED_DATA, shared_file
 from safetensors import safe_open
-from typer.testing import CliRunner
 
-from loraft.checkpoint import HEAD_FILE, load_checkpoint, save_checkpoint
-from loraft.cli import app
-from loraft.data import read_table
+from loraft.checkpoint import HEAD_FILE, load_trained_model, save_checkpoint
+from loraft.data import Table, read_table
 from loraft.errors import LoraftError
-from loraft.model import build_model, count_parameters
-from loraft.recipe import load_recipe
+from loraft.model import apply_method, build_base_model, count_parameters
+from loraft.recipe_files import load_recipe
 from loraft.run_dir import RunDirectory
 from loraft.tasks.classification import ClassificationTask, logits_of, truncate_pair
 from loraft.tokenizer import load_tokenizer
-from loraft.trainer import train_recipe
+from loraft.training import train_recipe
 
 RECIPES = REPO / "recipes"
 CLASSIFICATION_RECIPES = [
@@ -60,11 +58,6 @@ def write_sst_file(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
-def loraft(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "loraft", *args]
-    return subprocess.run(command, cwd=cwd, env=WITH_DATA, capture_output=True, text=True, timeout=300)
-
-
 # --- recipes ----------------------------------------------------------------------------------
 
 
@@ -80,10 +73,12 @@ def test_recipe_loads_as_a_classification_task(name: str) -> None:
     assert (recipe.data.hub is None) == name.startswith("cfimdb")  # no hub copy of CFIMDB
 
 
-def test_loraft_validate_accepts_every_classification_recipe() -> None:
-    result = loraft("validate", *(str(RECIPES / name) for name in CLASSIFICATION_RECIPES))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.count("ok ") == len(CLASSIFICATION_RECIPES)
+def test_loraft_validate_accepts_every_classification_recipe(loraft) -> None:
+    shared_file("cs224n/ids-cfimdb-train.csv")
+    names = (RECIPES / name for name in CLASSIFICATION_RECIPES)
+    code, out, err = loraft("validate", *names, "--data-root", SHARED_DATA)
+    assert code == 0, err
+    assert out.count("ok ") == len(CLASSIFICATION_RECIPES)
 
 
 # --- labels, columns, errors -----------------------------------------------------------------
@@ -121,25 +116,27 @@ def test_a_bad_label_or_missing_text_in_a_file_names_file_and_row(tmp_path: Path
     no_text = write_sst_file(tmp_path / "no-text.csv", [("a fine film", "4"), ("", "1")])
     task = task_for("sst-lora.yaml")
     with pytest.raises(LoraftError, match=rf"{bad_label}: row 17: label '7' is not one of 0\.\.4"):
-        task.rows_from_table(read_table(bad_label), str(bad_label))
+        task.rows_from_table(read_table(bad_label))
     with pytest.raises(LoraftError, match=rf"{no_text}: row 2: the text in column 'sentence' is missing"):
-        task.rows_from_table(read_table(no_text), str(no_text))
+        task.rows_from_table(read_table(no_text))
 
 
-def test_cli_reports_a_bad_label_in_one_line_with_exit_code_2(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_cli_reports_a_bad_label_in_one_line_with_exit_code_2(
+    tmp_path: Path, tiny_model_dir: Path, loraft
+) -> None:
     bad = write_sst_file(tmp_path / "train.csv", [("a fine film", "4"), ("a dull film", "9")])
-    result = loraft(
+    code, out, err = loraft(
         "train",
-        str(RECIPES / "sst-lora.yaml"),
+        RECIPES / "sst-lora.yaml",
         f"model.name={tiny_model_dir}",
         f"data.train={bad}",
         f"data.eval={bad}",
         "data.predict=null",
         f"output_dir={tmp_path / 'run'}",
     )
-    assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {bad}: row 2: label '9' is not one of 0..4 (data.labels)"
-    assert "Traceback" not in result.stderr + result.stdout
+    assert code == 2
+    assert err.strip() == f"error: {bad}: row 2: label '9' is not one of 0..4 (data.labels)"
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_predict_file_fails_before_training() -> None:
@@ -153,34 +150,32 @@ def test_real_files_read_as_rows() -> None:
     """CS224n SST (index column), Quora (labels 1.0/0.0), MRPC (BOM, pair) and test-student files."""
     sst = task_for("sst-lora.yaml")
     path = shared_file("cs224n/ids-sst-dev.csv")
-    rows = sst.rows_from_table(read_table(path), str(path))
-    assert len(rows) == 1101 and set(rows["label"]) == {0, 1, 2, 3, 4}
+    rows = sst.rows_from_table(read_table(path))
+    assert len(rows) == 1101 and {row["label"] for row in rows} == {0, 1, 2, 3, 4}
     assert rows[0]["text"] == "It 's a lovely film with lovely performances by Buy and Accorsi ."
     path = shared_file("cs224n/ids-sst-test-student.csv")
-    unlabelled = sst.rows_from_table(read_table(path), str(path), labelled=False)
+    unlabelled = sst.rows_from_table(read_table(path), labelled=False)
     assert len(unlabelled) == 2210 and unlabelled[0]["id"] == "b7573736a6ddf7be102b7fee0"
     quora = task_for("quora-lora.yaml")
     path = shared_file("cs224n/quora-train-30.csv")
-    rows = quora.rows_from_table(read_table(path), str(path))
-    assert len(rows) == 30 and set(rows["label"]) == {0, 1} and rows[0]["label"] == 1
+    rows = quora.rows_from_table(read_table(path))
+    assert len(rows) == 30 and {row["label"] for row in rows} == {0, 1} and rows[0]["label"] == 1
     mrpc = task_for("mrpc-lora.yaml")
     path = shared_file("mrpc/msr_paraphrase_train.txt")
-    rows = mrpc.rows_from_table(read_table(path), str(path))
+    rows = mrpc.rows_from_table(read_table(path))
     assert rows[0]["text"].startswith("Amrozi accused") and rows[0]["text_pair"].startswith("Referring")
 
 
 def test_hub_tables_use_their_own_column_names() -> None:
     """GLUE mrpc has sentence1/sentence2/label where the recipe maps the local file's names."""
     mrpc = task_for("mrpc-lora.yaml")
-    table = datasets.Dataset.from_dict({"sentence1": ["a b"], "sentence2": ["b a"], "label": [1], "idx": [0]})
-    rows = mrpc.rows_from_table(table, "nyu-mll/glue:train")
+    row = {"sentence1": "a b", "sentence2": "b a", "label": 1, "idx": 0}
+    rows = mrpc.rows_from_table(Table(list(row), [row], "nyu-mll/glue:train"))
     assert rows[0] == {"text": "a b", "text_pair": "b a", "label": 1}
     with pytest.raises(LoraftError, match="local.csv: column '#1 String' not found"):
-        mrpc.rows_from_table(table, "local.csv")  # local files must match data.columns
-    sst = task_for("sst-lora.yaml").rows_from_table(
-        datasets.Dataset.from_dict({"text": ["good"], "label": [4], "label_text": ["very positive"]}),
-        "SetFit/sst5:train",
-    )
+        mrpc.rows_from_table(Table(list(row), [row], "local.csv"))  # local files must match data.columns
+    sst_row = {"text": "good", "label": 4, "label_text": "very positive"}
+    sst = task_for("sst-lora.yaml").rows_from_table(Table(list(sst_row), [sst_row], "SetFit/sst5:train"))
     assert sst[0] == {"text": "good", "label": 4}
 
 
@@ -210,7 +205,9 @@ def sharp_classifier(tiny_model_dir: Path, recipe_name: str, method: str = "full
     recipe = load_recipe(RECIPES / recipe_name, [f"model.name={tiny_model_dir}", f"method={method}"])
     tokenizer = load_tokenizer(str(tiny_model_dir))
     task = ClassificationTask(recipe, [SHARED_DATA])
-    model = build_model(recipe, task.kind, tokenizer, **task.model_options())
+    model = apply_method(
+        build_base_model(recipe, task.kind, tokenizer, **task.model_options()), recipe, task.kind
+    )
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for parameter in model.parameters():
@@ -260,14 +257,16 @@ def test_head_method_trains_only_the_score_layer_and_reloads(tmp_path: Path, tin
     trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
     assert trainable == ["score.weight"]
     assert count_parameters(model)[0] == model.score.weight.numel() == 64 * 5
-    model = build_model(task.recipe, task.kind, tokenizer, **task.model_options())  # pretrained body
+    base = build_base_model(task.recipe, task.kind, tokenizer, **task.model_options())  # pretrained body
+    model = apply_method(base, task.recipe, task.kind)
     with torch.no_grad():
         model.score.weight.normal_(0, 1)
     run = RunDirectory.create(tmp_path / "run")
-    save_checkpoint(run.checkpoint("best"), model, tokenizer, task.recipe, {"step": 1})
+    run.write_recipe(task.recipe)
+    save_checkpoint(run.checkpoint("best"), model, model.state_dict(), tokenizer, "head", {"step": 1})
     with safe_open(run.checkpoint("best") / HEAD_FILE, "pt") as weights:
         assert list(weights.keys()) == ["score.weight"]  # the head alone is saved
-    reloaded, _ = load_checkpoint(run, "best", task.recipe, task.kind, **task.model_options())
+    reloaded, _ = load_trained_model(run, "best")
     batch = task.collate([{"input_ids": tokenizer("a fine , moving film")["input_ids"]}], tokenizer)
     with torch.inference_mode():
         torch.testing.assert_close(logits_of(reloaded.eval(), batch), logits_of(model.eval(), batch))
@@ -278,15 +277,12 @@ def test_head_method_trains_only_the_score_layer_and_reloads(tmp_path: Path, tin
 RELOAD_SCRIPT = """
 import json, sys
 import torch
-from loraft.checkpoint import HEAD_FILE, load_checkpoint, save_checkpoint
-from loraft.cli import app
-from loraft.checkpoint import load_checkpoint
+from loraft.checkpoint import load_trained_model
 from loraft.run_dir import RunDirectory
 from loraft.tasks.classification import ClassificationTask, logits_of
 run = RunDirectory.open(sys.argv[1])
-recipe = run.read_recipe()
-task = ClassificationTask(recipe, [])
-model, tokenizer = load_checkpoint(run, "last", recipe, task.kind, **task.model_options())
+task = ClassificationTask(run.read_recipe(), [])
+model, tokenizer = load_trained_model(run, "last")
 features = [{"input_ids": ids} for ids in json.loads(sys.argv[2])]
 with torch.inference_mode():
     print(json.dumps(logits_of(model.eval(), task.collate(features, tokenizer)).tolist()))
@@ -326,30 +322,40 @@ def test_lora_classifier_reloads_in_a_fresh_process(tmp_path: Path, tiny_model_d
 
 
 def majority_share(relative: str, column: str) -> float:
-    labels = read_table(shared_file(relative))[column]
+    labels = [row[column] for row in read_table(shared_file(relative)).rows]
     return Counter(labels).most_common(1)[0][1] / len(labels)
 
 
-def train_tiny(tmp_path: Path, tiny_model_dir: Path, recipe_name: str, *overrides: str) -> dict:
-    """`loraft train RECIPE ... --data-root ../shared/data`, full fine-tuning unless overridden."""
+# A GPT-2 of 2 layers trained from scratch, with a BPE trained on the task's own rows: the
+# way to learn something real from random weights in seconds.
+SCRATCH = [
+    "model.name=null",
+    "model.config={n_layer: 2, n_head: 2, n_embd: 64, n_positions: 128}",
+    "model.tokenizer_vocab_size=2000",
+    "method=full",
+    "train.batch_size=16",
+    "train.warmup_ratio=0.1",
+]
+
+
+def train_tiny(tmp_path: Path, recipe_name: str, *overrides: str) -> dict:
+    """Train RECIPE on ../shared/data with the scratch model above, full fine-tuning."""
     run_dir = tmp_path / recipe_name.removesuffix(".yaml")
-    command = ["train", str(RECIPES / recipe_name), f"model.name={tiny_model_dir}", f"output_dir={run_dir}"]
-    command += ["method=full", "train.batch_size=16", "train.warmup_ratio=0.1", *overrides]
-    result = CliRunner().invoke(app, [*command, "--data-root", str(SHARED_DATA)])
-    assert result.exit_code == 0, (result.output[-2000:], result.exception)
-    assert "final eval: " in result.output
-    return json.loads((run_dir / "summary.json").read_text())
+    recipe = load_recipe(RECIPES / recipe_name, [*SCRATCH, f"output_dir={run_dir}", *overrides])
+    summary = train_recipe(recipe, SHARED_DATA).summary
+    assert summary == json.loads((run_dir / "summary.json").read_text())
+    return summary
 
 
-def test_sst_full_beats_the_majority_class(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """Budget: 400 steps of 16 SST sentences (32 tokens), lr 2e-3, full fine-tuning: ~8-15 s.
+def test_sst_full_beats_the_majority_class(tmp_path: Path) -> None:
+    """Budget: 400 steps of 16 SST sentences (32 tokens), lr 2e-3: about 16 s.
 
-    Dev accuracy (all 1,101 rows) reaches ~0.33-0.34 (seeds tried) against 0.26 for the
-    majority class.
+    Dev accuracy (all 1,101 rows) reached 0.31 and 0.35 (seeds 1 and 2 tried) against 0.26
+    for the majority class.
     """
     majority = majority_share("cs224n/ids-sst-dev.csv", "sentiment")
     overrides = ["train.max_steps=400", "train.eval_every=400", "train.lr=2e-3", "data.max_length=32"]
-    summary = train_tiny(tmp_path, tiny_model_dir, "sst-lora.yaml", *overrides, "data.predict=null")
+    summary = train_tiny(tmp_path, "sst-lora.yaml", *overrides, "data.predict=null", "train.seed=2")
     final = summary["final_eval"]
     assert final["eval_accuracy"] > majority + 0.03, (final["eval_accuracy"], majority)
     matrix = final["eval_confusion_matrix"]
@@ -358,80 +364,34 @@ def test_sst_full_beats_the_majority_class(tmp_path: Path, tiny_model_dir: Path)
     assert 0 < final["eval_macro_f1"] <= 1 and summary["best_metric"] == "eval_accuracy"
 
 
-def test_cfimdb_full_beats_the_majority_class_and_predicts_the_test_file(
-    tmp_path: Path, tiny_model_dir: Path
-) -> None:
-    """Budget: 200 steps of 16 reviews (first 48 tokens), lr 2e-3, full fine-tuning: ~5-10 s.
+def test_cfimdb_full_beats_the_majority_class_and_predicts_the_test_file(tmp_path: Path) -> None:
+    """Budget: 200 steps of 16 reviews (first 48 tokens), lr 2e-3: about 11 s.
 
-    Dev accuracy reaches ~0.59-0.66 (seeds tried) against 0.50; predictions.csv covers the 488
-    test reviews.
+    Dev accuracy reached 0.58 and 0.62 (seeds 1 and 2) against 0.50; predictions.csv covers the
+    488 test reviews.
     """
     majority = majority_share("cs224n/ids-cfimdb-dev.csv", "sentiment")
     test_file = shared_file("cs224n/ids-cfimdb-test-student.csv")
     overrides = ["train.max_steps=200", "train.eval_every=200", "train.lr=2e-3", "data.max_length=48"]
-    summary = train_tiny(tmp_path, tiny_model_dir, "cfimdb-lora.yaml", *overrides)
+    summary = train_tiny(tmp_path, "cfimdb-lora.yaml", *overrides, "train.seed=2")
     best = summary["best_eval"]  # predictions come from the best checkpoint
     assert best["eval_accuracy"] > majority + 0.05, (best["eval_accuracy"], majority)
     assert len(best["eval_confusion_matrix"]) == 2 and best["labels"] == ["0", "1"]
     with open(best["predictions_file"], encoding="utf-8", newline="") as stream:
         predictions = list(csv.reader(stream))
-    expected_ids = read_table(test_file)["id"]
+    expected_ids = [row["id"] for row in read_table(test_file).rows]
     assert predictions[0] == ["id", "label"]
     assert [row[0] for row in predictions[1:]] == expected_ids
     assert {row[1] for row in predictions[1:]} <= {"0", "1"}
 
 
-def test_mrpc_pairs_train_end_to_end(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """Budget: 60 steps of 16 pairs (64 tokens), LoRA, 400 MRPC training rows: ~3 s.
-
-    The LoRA mechanics on pairs; accuracy is checked by the full run below.
-    """
+def test_mrpc_pairs_train_end_to_end_with_lora(tmp_path: Path) -> None:
+    """The LoRA mechanics on pairs (30 steps); accuracy is checked on the single-text tasks."""
     shared_file("mrpc/msr_paraphrase_train.txt")
-    overrides = ["method=lora", "train.max_steps=60", "train.lr=5e-3", "data.max_length=64"]
+    overrides = ["method=lora", "train.max_steps=30", "train.lr=5e-3", "data.max_length=64"]
     overrides += ["data.train_size=400", "data.eval_size=200"]
-    summary = train_tiny(tmp_path, tiny_model_dir, "mrpc-lora.yaml", *overrides)
+    summary = train_tiny(tmp_path, "mrpc-lora.yaml", *overrides)
     final = summary["final_eval"]
     assert summary["method"] == "lora" and summary["eval_examples"] == 200
     assert sum(map(sum, final["eval_confusion_matrix"])) == 200
     assert set(final) >= {"eval_accuracy", "eval_macro_f1", "eval_loss"}
-
-
-@pytest.mark.parametrize("method", ["head", "lora", "full"])
-def test_eval_of_a_saved_run_reproduces_the_recorded_metrics(
-    tmp_path: Path, tiny_model_dir: Path, method: str
-) -> None:
-    """`loraft eval RUN_DIR` rebuilds each kind of saved classifier and scores it the same."""
-    from loraft.evaluation import evaluate_run
-
-    overrides = [
-        f"method={method}",
-        "train.max_steps=12",
-        "train.eval_every=6",
-        "train.lr=2e-3",
-        "data.max_length=32",
-        "data.train_size=200",
-        "data.eval_size=120",
-        "data.predict=null",
-    ]
-    summary = train_tiny(tmp_path, tiny_model_dir, "sst-lora.yaml", *overrides)
-    replay = evaluate_run(tmp_path / "sst-lora", data_root=SHARED_DATA)
-    best = summary["best_eval"]
-    assert replay["eval_accuracy"] == best["eval_accuracy"]
-    assert replay["eval_macro_f1"] == pytest.approx(best["eval_macro_f1"])
-    assert replay["eval_confusion_matrix"] == best["eval_confusion_matrix"]
-    assert replay["eval_loss"] == pytest.approx(best["eval_loss"], rel=1e-5)
-
-
-def test_mrpc_full_beats_the_majority_class(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """Budget: 400 steps of 16 pairs (64 tokens), lr 2e-3, full fine-tuning: ~20 s.
-
-    A thin margin, honestly: the tiny random-init model reaches 0.70-0.71 dev accuracy at its
-    best checkpoint against 0.69 for the majority class (seeds 11711, 1, 2 tried); the dev
-    split is the 10% of MRPC train the recipe holds out.
-    """
-    shared_file("mrpc/msr_paraphrase_train.txt")
-    overrides = ["train.max_steps=400", "train.eval_every=100", "train.lr=2e-3", "data.max_length=64"]
-    summary = train_tiny(tmp_path, tiny_model_dir, "mrpc-lora.yaml", *overrides)
-    matrix = summary["best_eval"]["eval_confusion_matrix"]
-    majority = max(sum(row) for row in matrix) / sum(map(sum, matrix))
-    assert summary["best_eval"]["eval_accuracy"] > majority, (summary["best_eval"]["eval_accuracy"], majority)

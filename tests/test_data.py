@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, shared_file
 
-from loraft.data import data_roots, read_table, require_data_file
+from loraft.data import Table, data_roots, read_table, require_data_file
 from loraft.errors import LoraftError
-from loraft.recipe import load_recipe
+from loraft.recipe_files import load_recipe
 from loraft.tasks import build_task
 from loraft.tasks.news import clean_ag_news
 from loraft.tasks.sonnets import read_sonnets
@@ -32,8 +32,9 @@ def test_missing_file_names_the_field_and_the_roots(tmp_path: Path) -> None:
 
 def test_tsv_with_bom_and_bare_quotes_is_read_as_is() -> None:
     table = read_table(shared_file("mrpc/msr_paraphrase_train.txt"))
-    assert table.column_names[:2] == ["Quality", "#1 ID"]  # the BOM is not part of the name
-    assert table[0]["#1 String"].startswith("Amrozi accused his brother")
+    assert table.columns[:2] == ["Quality", "#1 ID"]  # the BOM is not part of the name
+    assert table.rows[0]["#1 String"].startswith("Amrozi accused his brother")
+    assert len(table.rows) == 4080  # as pandas reads it too
 
 
 def test_empty_file_is_an_error(tmp_path: Path) -> None:
@@ -114,17 +115,14 @@ def test_text_task_packs_passages_into_full_blocks(tiny_model_dir: Path) -> None
 
 def test_a_missing_local_file_falls_back_to_the_recipe_hub_dataset(tmp_path: Path, monkeypatch) -> None:
     """Users online run `loraft train recipes/news.yaml` without the CSV: the hub copy is used."""
-    import datasets
-
     import loraft.tasks.base as base
 
     asked = []
 
     def fake_hub(hub, split, why=""):
         asked.append((hub.id, split))
-        return datasets.Dataset.from_dict(
-            {"text": [f"Story {i} of {split}." for i in range(30)], "label": [0] * 30}
-        )
+        rows = [{"text": f"Story {i} of {split}.", "label": 0} for i in range(30)]
+        return Table(["text", "label"], rows, f"{hub.id}:{split}")
 
     monkeypatch.setattr(base, "load_hub_split", fake_hub)
     recipe = load_recipe(RECIPES / "news.yaml", ["data.train_size=20", "data.eval_size=5"])

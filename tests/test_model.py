@@ -8,9 +8,9 @@ import pytest
 from peft import PeftModel
 
 from loraft.errors import LoraftError
-from loraft.model import build_model, count_parameters
+from loraft.model import apply_method, build_base_model, count_parameters
 from loraft.plan import plan_recipe
-from loraft.recipe import load_recipe
+from loraft.recipe_files import load_recipe
 from loraft.tokenizer import load_tokenizer
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -48,7 +48,7 @@ def test_plan_memory_shrinks_with_lora() -> None:
 def test_counts_equal_peft_on_a_real_tiny_model(tiny_model_dir: Path, method: str) -> None:
     recipe = load_recipe(RECIPES / "news.yaml", [f"model.name={tiny_model_dir}", f"method={method}"])
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    model = build_model(recipe, "causal_lm", tokenizer)
+    model = apply_method(build_base_model(recipe, "causal_lm", tokenizer), recipe, "causal_lm")
     trainable, total = count_parameters(model)
     if method == "lora":
         assert isinstance(model, PeftModel)
@@ -64,10 +64,33 @@ def test_unknown_target_module_is_a_clear_error(tiny_model_dir: Path) -> None:
         RECIPES / "news.yaml", [f"model.name={tiny_model_dir}", "lora.target_modules=[q_proj]"]
     )
     with pytest.raises(LoraftError, match=r"lora.target_modules: \['q_proj'\] match no module.*c_attn"):
-        build_model(recipe, "causal_lm", load_tokenizer(str(tiny_model_dir)))
+        apply_method(
+            build_base_model(recipe, "causal_lm", load_tokenizer(str(tiny_model_dir))), recipe, "causal_lm"
+        )
 
 
-def test_missing_model_path_is_a_clear_error(tmp_path: Path) -> None:
+def test_missing_model_path_is_a_clear_error(tmp_path: Path, tiny_model_dir: Path) -> None:
     recipe = load_recipe(RECIPES / "news.yaml", [f"model.name={tmp_path / 'nothing'}"])
-    with pytest.raises(LoraftError, match="cannot load"):
-        build_model(recipe, "causal_lm", load_tokenizer(str(tmp_path / "nothing")))
+    with pytest.raises(LoraftError, match="model.tokenizer: cannot load"):
+        load_tokenizer(str(tmp_path / "nothing"))
+    with pytest.raises(LoraftError, match="model.name: cannot load"):
+        build_base_model(recipe, "causal_lm", load_tokenizer(str(tiny_model_dir)))
+
+
+def test_an_unreachable_hub_fails_in_seconds_with_a_hint(tiny_model_dir: Path, monkeypatch) -> None:
+    """No network: one line naming HF_HUB_OFFLINE and --data-root, not minutes of retries."""
+    import time
+
+    from loraft import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+    hub.hub_reachable.cache_clear()
+    recipe = load_recipe(RECIPES / "news.yaml", ["model.name=someone/not-cached-model"])
+    started = time.perf_counter()
+    with pytest.raises(LoraftError) as error:
+        build_base_model(recipe, "causal_lm", load_tokenizer(str(tiny_model_dir)))
+    assert time.perf_counter() - started < 10
+    message = str(error.value)
+    assert "cannot be reached" in message and "HF_HUB_OFFLINE=1" in message and "--data-root" in message
+    hub.hub_reachable.cache_clear()

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from loraft.errors import LoraftError
-from loraft.recipe import field_reference, load_recipe
+from loraft.recipe import field_reference
+from loraft.recipe_files import load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 

@@ -1,4 +1,4 @@
-"""The run directory never loses anything silently, even with --overwrite."""
+"""The run directory never loses anything loraft did not write, even with --overwrite."""
 
 from __future__ import annotations
 
@@ -6,19 +6,63 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import joker_recipe
 
 from loraft.errors import LoraftError
-from loraft.recipe import load_recipe
-from loraft.run_dir import RunDirectory
-from loraft.trainer import train_recipe
+from loraft.run_dir import MARKER, RunDirectory
+from loraft.training import train_recipe
 
 
-def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
-    (tmp_path / "notes.txt").write_text("precious")
+def test_a_project_folder_with_a_recipe_yaml_is_not_a_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "thesis").mkdir(parents=True)
+    (project / "recipe.yaml").write_text("task: persona\n")
+    (project / "notes.txt").write_text("precious")
     with pytest.raises(LoraftError, match="is not empty and is not a loraft run"):
-        RunDirectory.create(tmp_path, overwrite=True)
-    assert (tmp_path / "notes.txt").read_text() == "precious"
+        train_recipe(joker_recipe(tiny_model_dir, project, "train.max_steps=1"), overwrite=True)
+    assert sorted(p.name for p in project.iterdir()) == ["notes.txt", "recipe.yaml", "thesis"]
+
+
+def test_overwrite_removes_only_what_loraft_wrote(tiny_model_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train_recipe(joker_recipe(tiny_model_dir, run, "train.max_steps=2"))
+    (run / "my-notes.txt").write_text("mine")
+    (run / "plots").mkdir()
+    with pytest.raises(LoraftError, match="a finished run is already there; pass --overwrite"):
+        train_recipe(joker_recipe(tiny_model_dir, run, "train.max_steps=2"))
+    train_recipe(joker_recipe(tiny_model_dir, run, "train.max_steps=3"), overwrite=True)
+    assert (run / "my-notes.txt").read_text() == "mine" and (run / "plots").is_dir()
+    assert '"steps": 3' in (run / "summary.json").read_text()
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        (lambda tmp, home: Path("/"), "the filesystem root"),
+        (lambda tmp, home: home, "your home folder"),
+        (lambda tmp, home: Path.cwd(), "the current folder or one of its parents"),
+        (lambda tmp, home: Path.cwd() / "runs", "the runs folder"),
+        (lambda tmp, home: tmp / "repo", "a repository"),
+        (lambda tmp, home: tmp / "runs-of-mine", "a folder of runs"),
+    ],
+)
+def test_output_dir_may_not_be_a_folder_that_holds_more_than_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where, message: str
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    (tmp_path / "repo" / ".git").mkdir(parents=True)
+    (tmp_path / "runs-of-mine" / "a").mkdir(parents=True)
+    (tmp_path / "runs-of-mine" / "a" / MARKER).write_text("{}")
+    with pytest.raises(LoraftError, match=re.escape(message)):
+        RunDirectory.check_available(where(tmp_path, home), overwrite=True)
+
+
+def test_a_run_name_must_be_a_folder_name(tiny_model_dir: Path, tmp_path: Path) -> None:
+    for name in ["''", "../up", "a/b", "' x'"]:
+        with pytest.raises(LoraftError, match="name: expected letters, digits"):
+            joker_recipe(tiny_model_dir, tmp_path / "r", f"name={name}")
 
 
 def test_a_file_is_not_a_run_directory(tmp_path: Path) -> None:
@@ -27,30 +71,21 @@ def test_a_file_is_not_a_run_directory(tmp_path: Path) -> None:
         RunDirectory.check_available(tmp_path / "file")
 
 
-def test_overwrite_replaces_a_run_and_refuses_without_the_flag(tmp_path: Path) -> None:
-    (tmp_path / "recipe.yaml").write_text("task: news\n")
-    (tmp_path / "summary.json").write_text("{}")
-    with pytest.raises(LoraftError, match="a finished run is already there; pass --overwrite"):
-        RunDirectory.create(tmp_path)
-    assert RunDirectory.create(tmp_path, overwrite=True).path == tmp_path
-    assert list(tmp_path.iterdir()) == []
-
-
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         ("data.train=nope.jsonl", "data.train: file 'nope.jsonl' not found"),
-        ("eval.metric=eval_acc", "eval.metric: 'eval_acc' is not computed"),
+        ("eval.metric=eval_acc", "eval.metric: 'eval_acc' is not computed by the persona task"),
         ("data.max_length=4096", "data.max_length: 4096 is longer than the model's context (256 positions)"),
+        ("generation.max_new_tokens=300", "generation.max_new_tokens: 300 leaves no room for a prompt"),
+        ("data.template='Q: {question}'", "data.template: expected exactly one {prompt} placeholder"),
     ],
 )
 def test_a_bad_rerun_with_overwrite_keeps_the_earlier_run(
     tiny_model_dir: Path, tmp_path: Path, override: str, message: str
 ) -> None:
-    quick = [f"model.name={tiny_model_dir}", f"output_dir={tmp_path}", "train.max_steps=2",
-             "data.train_size=16", "data.eval_size=8", "eval.generate=false"]  # fmt: skip
-    train_recipe(load_recipe(REPO / "recipes" / "joker.yaml", quick))
+    train_recipe(joker_recipe(tiny_model_dir, tmp_path, "train.max_steps=2"))
     before = (tmp_path / "summary.json").read_text()
     with pytest.raises(LoraftError, match=re.escape(message)):
-        train_recipe(load_recipe(REPO / "recipes" / "joker.yaml", [*quick, override]), overwrite=True)
+        train_recipe(joker_recipe(tiny_model_dir, tmp_path, "train.max_steps=2", override), overwrite=True)
     assert (tmp_path / "summary.json").read_text() == before

@@ -1,7 +1,8 @@
 """What every task provides to the trainer, and the shared way tables become train/eval rows.
 
-A task is the only place that knows what a task is: how rows become tokenized batches, what
-the loss is, and how it is evaluated. The trainer calls the methods below and nothing else.
+A task is the only place that knows what a task is: which recipe fields it needs, how rows
+become tokenized batches, what a target is, what the loss and the metrics are. The trainer
+calls the methods below and nothing else.
 """
 
 from __future__ import annotations
@@ -9,19 +10,20 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import datasets
-import torch
-from accelerate import Accelerator
-from torch.utils.data import DataLoader
-from transformers import PreTrainedTokenizerBase
-
-from loraft.data import find_data_file, load_hub_split, read_table, require_data_file
+from loraft.data import Table, find_data_file, load_hub_split, read_table, require_data_file, to_dataset
 from loraft.errors import LoraftError
 from loraft.recipe import Recipe
 
-Batch = dict[str, torch.Tensor]
+if TYPE_CHECKING:  # task modules import torch inside functions: `loraft validate` stays fast
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+Batch = dict[str, "torch.Tensor"]
+IGNORE_INDEX = -100  # label value the loss skips (prompt tokens, padding, placeholders)
+OPTIONAL_DATA_FIELDS = ("template", "labels", "predict", "prompts")
+PREVIEW_ROWS = 50  # rows per file that `loraft validate` reads
 
 
 class Task(ABC):
@@ -30,13 +32,49 @@ class Task(ABC):
     kind: ClassVar[str]  # "causal_lm" or "classification": picks the model head
     default_metric: ClassVar[str] = "eval_loss"
     metric_names: ClassVar[tuple[str, ...]] = ("eval_loss",)  # what `evaluate` returns
+    data_fields: ClassVar[tuple[str, ...]] = ()  # which of OPTIONAL_DATA_FIELDS the task reads
+    reads_tables: ClassVar[bool] = True  # CSV/TSV/JSON Lines files, or a hub dataset instead
 
     def __init__(self, recipe: Recipe, roots: list[Path]) -> None:
         self.recipe = recipe
         self.roots = roots
-        self._rows: tuple[datasets.Dataset, datasets.Dataset] | None = None
+        self._rows = None
 
-    def rows(self) -> tuple[datasets.Dataset, datasets.Dataset]:
+    # --- checks before anything runs ------------------------------------------------------
+
+    @classmethod
+    def check_recipe(cls, recipe: Recipe) -> None:
+        """Recipe mistakes this task can see without data or a model."""
+        for name in OPTIONAL_DATA_FIELDS:
+            if getattr(recipe.data, name) is not None and name not in cls.data_fields:
+                raise LoraftError(f"data.{name}: the {recipe.task} task does not use it; remove it")
+        if not recipe.data.train and (recipe.data.hub is None or not cls.reads_tables):
+            alternative = " (or data.hub)" if cls.reads_tables else ""
+            raise LoraftError(f"data.train: the {recipe.task} task needs a training file{alternative}")
+        metric = recipe.eval.metric
+        if metric is not None and metric not in cls.metric_names:
+            choices = ", ".join(cls.metric_names)
+            raise LoraftError(
+                f"eval.metric: '{metric}' is not computed by the {recipe.task} task; use {choices}"
+            )
+
+    def check_data(self) -> None:
+        """Read the first rows of every data file through the training code; raise the first
+        problem (missing file, encoding, structure, columns, values). A hub copy is checked
+        when training loads it: validation downloads nothing."""
+        if not self.reads_hub():
+            for table in self._read_tables(preview=PREVIEW_ROWS):
+                if table is not None:
+                    self.rows_from_table(table)
+
+    def reads_hub(self) -> bool:
+        """True when the training file is absent and the recipe's hub dataset stands in."""
+        data = self.recipe.data
+        return data.hub is not None and (not data.train or find_data_file(data.train, self.roots) is None)
+
+    # --- data ---------------------------------------------------------------------------
+
+    def rows(self):
         """`load_rows`, read once: training and generative evaluation share the same rows."""
         if self._rows is None:
             self._rows = self.load_rows()
@@ -46,90 +84,100 @@ class Task(ABC):
         """Extra arguments for building the model (e.g. the number of labels)."""
         return {}
 
-    # --- data ---------------------------------------------------------------------------
+    def load_rows(self, preview: int | None = None):
+        """Train and eval rows in the task's own fields, sized as the recipe asks.
 
-    def load_rows(self) -> tuple[datasets.Dataset, datasets.Dataset]:
-        """Train and eval rows in the task's own fields, sized as the recipe asks."""
-        train_table, train_where, eval_table, eval_where = self._read_tables()
-        train = self.rows_from_table(train_table, train_where)
+        `data.seed` (never `train.seed`) picks the held-out split and the sampled rows.
+        """
+        train_table, eval_table = self._read_tables(preview)
+        train = to_dataset(self.rows_from_table(train_table), train_table.where)
+        data = self.recipe.data
         if eval_table is None:
-            split = train.train_test_split(
-                test_size=self.recipe.data.eval_fraction, seed=self.recipe.train.seed
-            )
+            if len(train) < 2:
+                raise LoraftError(
+                    f"{train_table.where}: {len(train)} row(s): too few to hold out an eval split"
+                )
+            split = train.train_test_split(test_size=data.eval_fraction, seed=data.seed)
             train, evaluation = split["train"], split["test"]
         else:
-            evaluation = self.rows_from_table(eval_table, eval_where)
-        data, seed = self.recipe.data, self.recipe.train.seed
-        return _sample(train, data.train_size, seed), _sample(evaluation, data.eval_size, seed)
+            evaluation = to_dataset(self.rows_from_table(eval_table), eval_table.where)
+        return sample_rows(train, data.train_size, data.seed), sample_rows(
+            evaluation, data.eval_size, data.seed
+        )
 
-    def rows_from_table(self, table: datasets.Dataset, where: str) -> datasets.Dataset:
-        """Map a raw table to the task's fields, with one-line errors for bad rows.
+    def rows_from_table(self, table: Table) -> list[dict[str, Any]]:
+        """Map a raw table to the task's fields, with one-line errors naming file and row.
 
         Table-based tasks implement this; tasks with their own file format override
         `load_rows` instead.
         """
         raise NotImplementedError(f"{type(self).__name__} does not read tables")
 
-    def texts_for_tokenizer(self, rows: datasets.Dataset) -> Iterator[str]:
+    def texts_for_tokenizer(self, rows) -> Iterator[str]:
         """Texts a from-scratch tokenizer is trained on."""
         for row in rows:
             yield " ".join(str(value) for value in row.values() if isinstance(value, str))
 
     @abstractmethod
-    def tokenize(self, rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> datasets.Dataset:
+    def tokenize(self, rows, tokenizer: PreTrainedTokenizerBase):
         """Turn rows into model features (input ids and targets)."""
+
+    def with_targets(self, features, split: str):
+        """Features that carry at least one target (others would add nothing, or a NaN)."""
+        return features
 
     @abstractmethod
     def collate(self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> Batch:
-        """Pad a list of features into a batch of tensors."""
+        """Pad a list of features into a batch of tensors with `labels`."""
 
     # --- training and evaluation ----------------------------------------------------------
 
-    def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        """The training loss of one micro-batch."""
-        return model(**batch).loss
+    @abstractmethod
+    def count_targets(self, batch: Batch) -> int:
+        """How many loss terms the batch has (target tokens, or labelled examples)."""
 
     @abstractmethod
-    def evaluate(self, model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator) -> dict:
+    def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """The sum (not the mean) of the batch's loss terms, as a float32 scalar."""
+
+    @abstractmethod
+    def evaluate(self, model: torch.nn.Module, loader, accelerator) -> dict:
         """Metrics on the eval split, named `eval_*`; runs under inference mode."""
 
     def final_evaluation(
-        self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, run_dir: Path
+        self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, output: Path
     ) -> dict:
         """Extra end-of-run metrics (generation scores, predictions files); none by default."""
         return {}
 
+    def format_prompt(self, text: str) -> str:
+        """A user's prompt framed as the task trained on it (see `loraft generate`)."""
+        return text
+
     # --- helpers ----------------------------------------------------------------------------
 
-    def _read_tables(self):
+    def _read_tables(self, preview: int | None = None) -> tuple[Table, Table | None]:
         """The train and eval tables: local files when present, else the recipe's hub dataset."""
         data = self.recipe.data
-        train_path = find_data_file(data.train, self.roots) if data.train else None
-        if train_path is None and data.hub is not None:
+        if self.reads_hub():
             missing = f"'{data.train}' is not under the data roots, " if data.train else ""
             train = load_hub_split(data.hub, data.hub.train_split, missing)
-            evaluation = load_hub_split(data.hub, data.hub.eval_split, missing)
-            return (
-                train,
-                f"{data.hub.id}:{data.hub.train_split}",
-                evaluation,
-                (f"{data.hub.id}:{data.hub.eval_split}"),
-            )
-        if not data.train:
-            raise LoraftError("data.train: no training file given (and no data.hub)")
-        train_path = require_data_file("data.train", data.train, self.roots)
-        train = read_table(train_path, self.column_names())
+            return train, load_hub_split(data.hub, data.hub.eval_split, missing)
+        train = read_table(
+            require_data_file("data.train", data.train, self.roots), self.column_names(), preview
+        )
         if not data.eval:
-            return train, str(train_path), None, None
-        eval_path = require_data_file("data.eval", data.eval, self.roots)
-        return train, str(train_path), read_table(eval_path, self.column_names()), str(eval_path)
+            return train, None
+        return train, read_table(
+            require_data_file("data.eval", data.eval, self.roots), self.column_names(), preview
+        )
 
     def column_names(self) -> list[str] | None:
         """Names for the columns of header-less files; None when files have a header."""
         return None
 
 
-def _sample(rows: datasets.Dataset, size: int | None, seed: int) -> datasets.Dataset:
+def sample_rows(rows, size: int | None, seed: int):
     """A seeded random subset of `size` rows (all of them when size is None or larger)."""
     if size is None or size >= len(rows):
         return rows

@@ -5,29 +5,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-import datasets
-import torch
-import torch.nn.functional as F
-from accelerate import Accelerator
-from torch.utils.data import DataLoader
-from transformers import PreTrainedTokenizerBase
+from loraft.errors import LoraftError
+from loraft.run_dir import GENERATIONS_FILE
+from loraft.tasks.base import IGNORE_INDEX, Batch, Task
 
-from loraft.generation import generate
-from loraft.tasks.base import Batch, Task
-from loraft.text_metrics import (
-    bleu_summary,
-    chrf,
-    corpus_bleu,
-    distinct_n,
-    evaluate_metric,
-    sentence_bleus,
-    signatures,
-)
-
-IGNORE_INDEX = -100  # label value the loss skips (prompt tokens, padding)
-GENERATIONS_FILE = "generations.jsonl"
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 
 class GenerationCase(NamedTuple):
@@ -70,25 +56,27 @@ class CausalLMTask(Task):
         return continuation.strip()
 
     def final_evaluation(
-        self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, run_dir: Path
+        self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, output: Path
     ) -> dict:
         """Generate for held-out prompts and score against references (chrF, BLEU, distinct-n).
 
         Every prompt, continuation and reference is written to `generations.jsonl`.
         """
+        from loraft.generation import generate
+
         if not self.recipe.eval.generate:
             return {}
         cases = self.generation_cases()
         continuations = generate(model, tokenizer, [c.prompt for c in cases], self.recipe.generation)
         hypotheses = [self.hypothesis(c, text) for c, text in zip(cases, continuations, strict=True)]
         references = [case.reference for case in cases]
-        with (run_dir / GENERATIONS_FILE).open("w", encoding="utf-8") as stream:
+        with (output / GENERATIONS_FILE).open("w", encoding="utf-8") as stream:
             for case, continuation in zip(cases, continuations, strict=True):
                 record = {"prompt": case.prompt, "continuation": continuation, "reference": case.reference}
                 stream.write(json.dumps(record) + "\n")
         return score_generations(hypotheses, references, self.recipe.eval.metrics)
 
-    def tokenize(self, rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> datasets.Dataset:
+    def tokenize(self, rows, tokenizer: PreTrainedTokenizerBase):
         max_length = self.recipe.data.max_length
 
         def encode(row: dict[str, Any]) -> dict[str, list[int]]:
@@ -101,10 +89,30 @@ class CausalLMTask(Task):
 
         return rows.map(encode, remove_columns=rows.column_names, keep_in_memory=True)
 
+    def with_targets(self, features, split: str):
+        """Drop rows whose prompt fills `data.max_length` (nothing left to predict), saying so."""
+        kept = features.filter(lambda feature: has_target(feature["labels"]), keep_in_memory=True)
+        dropped = len(features) - len(kept)
+        if dropped:
+            print(
+                f"data: dropped {dropped} of {len(features)} {split} rows whose prompt fills "
+                f"data.max_length={self.recipe.data.max_length} (no target token left)"
+            )
+        if not len(kept):
+            raise LoraftError(f"data: no {split} row has a target token; raise data.max_length")
+        return kept
+
     def collate(self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> Batch:
         return pad_right(features, tokenizer.pad_token_id)
 
-    def evaluate(self, model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator) -> dict:
+    def count_targets(self, batch: Batch) -> int:
+        """Predicted tokens: the label of position 0 is never predicted (nothing precedes it)."""
+        return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+    def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        return token_losses(model, batch).sum()
+
+    def evaluate(self, model: torch.nn.Module, loader, accelerator) -> dict:
         """Token-weighted mean loss over the eval split (not a mean of batch means).
 
         Per-example sums go through `gather_for_metrics`, which drops the duplicates a
@@ -112,18 +120,29 @@ class CausalLMTask(Task):
         are kept, never logits.
         """
         loss_sum, tokens = 0.0, 0.0
-        max_batches = self.recipe.eval.max_batches
-        for index, batch in enumerate(loader):
-            if max_batches is not None and index >= max_batches:
-                break
+        for batch in loader:
             sums, counts = accelerator.gather_for_metrics(per_example_token_loss(model, batch))
             loss_sum, tokens = loss_sum + sums.sum().item(), tokens + counts.sum().item()
         mean = loss_sum / max(tokens, 1)
         return {"eval_loss": mean, "eval_perplexity": math.exp(min(mean, 50)), "eval_tokens": int(tokens)}
 
 
+def has_target(labels: list[int]) -> bool:
+    return any(label != IGNORE_INDEX for label in labels[1:])
+
+
 def score_generations(hypotheses: list[str], references: list[str], metrics: list[str]) -> dict:
     """chrF, corpus and smoothed sentence BLEU (mean, best and worst tenth), distinct-1/2."""
+    from loraft.text_metrics import (
+        bleu_summary,
+        chrf,
+        corpus_bleu,
+        distinct_n,
+        evaluate_metric,
+        sentence_bleus,
+        signatures,
+    )
+
     sentence = bleu_summary(sentence_bleus(hypotheses, references))
     scores = {
         "gen_chrf": chrf(hypotheses, references),
@@ -142,16 +161,30 @@ def score_generations(hypotheses: list[str], references: list[str], metrics: lis
 
 def per_example_token_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of next-token losses, number of predicted tokens) for each example of a batch."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    losses = token_losses(model, batch)
     targets = batch["labels"][:, 1:]
-    losses = F.cross_entropy(
-        logits[:, :-1].transpose(1, 2).float(), targets, ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    return losses.sum(dim=1).double(), (targets != IGNORE_INDEX).sum(dim=1).double()
+    return losses.sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1).double()
+
+
+def token_losses(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Next-token cross-entropy (fp32) of every position, 0 where the label is ignored.
+
+    The logits are flattened to contiguous (tokens, vocabulary) rows, the layout in which
+    transformers computes its own loss, so the two agree to the last bit.
+    """
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    shifted = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    targets = batch["labels"][:, 1:].reshape(-1)
+    losses = F.cross_entropy(shifted, targets, ignore_index=IGNORE_INDEX, reduction="none")
+    return losses.view(logits.shape[0], -1)
 
 
 def pad_right(features: list[dict[str, Any]], pad_token_id: int) -> Batch:
     """Right-pad input ids (pad id) and labels (ignored), with the attention mask."""
+    import torch
+
     longest = max(len(feature["input_ids"]) for feature in features)
     input_ids, labels, mask = [], [], []
     for feature in features:

@@ -13,20 +13,25 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import datasets
-import torch
-import torch.nn.functional as F
-from accelerate import Accelerator, PartialState
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
-from torch.utils.data import DataLoader
-from transformers import PreTrainedTokenizerBase
-
-from loraft.data import column_for, find_data_file, read_table, require_columns, require_data_file
+from loraft.data import (
+    Table,
+    column_for,
+    find_data_file,
+    read_table,
+    require_columns,
+    require_data_file,
+    to_dataset,
+)
 from loraft.errors import LoraftError
 from loraft.recipe import Recipe
-from loraft.tasks.base import Batch, Task
+from loraft.run_dir import PREDICTIONS_FILE
+from loraft.tasks.base import IGNORE_INDEX, Batch, Task
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 # A newline joins the two texts of a pair: GPT-2 read newlines between related sentences in
 # pretraining, while end-of-text taught it that what follows is a new, unrelated document
@@ -40,7 +45,6 @@ HUB_COLUMNS = {
     "text_pair": ("text_pair", "sentence2", "question2"),
     "label": ("label",),
 }
-PREDICTIONS_FILE = "predictions.csv"
 
 
 class ClassificationTask(Task):
@@ -53,14 +57,21 @@ class ClassificationTask(Task):
     kind: ClassVar[str] = "classification"
     default_metric: ClassVar[str] = "eval_accuracy"
     metric_names: ClassVar[tuple[str, ...]] = ("eval_accuracy", "eval_macro_f1", "eval_loss")
+    data_fields: ClassVar[tuple[str, ...]] = ("labels", "predict")
 
-    def __init__(self, recipe: Recipe, roots: list[Path]) -> None:
-        super().__init__(recipe, roots)
+    @classmethod
+    def check_recipe(cls, recipe: Recipe) -> None:
+        super().check_recipe(recipe)
         labels = [str(label) for label in recipe.data.labels or []]
         if len(labels) < 2:
             raise LoraftError("data.labels: list two or more label names in order, e.g. [negative, positive]")
         if len(set(labels)) != len(labels):
             raise LoraftError(f"data.labels: label names repeat: {labels}")
+
+    def __init__(self, recipe: Recipe, roots: list[Path]) -> None:
+        super().__init__(recipe, roots)
+        self.check_recipe(recipe)
+        labels = [str(label) for label in recipe.data.labels]
         self.labels = labels
         self.label_index = {name: index for index, name in enumerate(labels)}
         self.predict_path: Path | None = None
@@ -70,34 +81,36 @@ class ClassificationTask(Task):
 
     # --- data ---------------------------------------------------------------------------
 
-    def load_rows(self) -> tuple[datasets.Dataset, datasets.Dataset]:
-        """Train and eval rows; the file to predict is looked up now, not after training."""
-        train, evaluation = super().load_rows()
+    def load_rows(self, preview: int | None = None):
+        """Train and eval rows; the file to predict is looked up (and previewed) now."""
+        train, evaluation = super().load_rows(preview)
         self.predict_path = self._find_predict_file()
+        if preview is not None and self.predict_path is not None:
+            self.rows_from_table(read_table(self.predict_path, preview=preview), labelled=False)
         return train, evaluation
 
-    def rows_from_table(self, table: datasets.Dataset, where: str, labelled: bool = True) -> datasets.Dataset:
+    def rows_from_table(self, table: Table, labelled: bool = True) -> list[dict[str, Any]]:
         """Rows `text`, [`text_pair`], `label` (an index) or, unlabelled, `id` instead of a label."""
         fields = ["text", "text_pair"] if self.is_pair(table) else ["text"]
         fields += ["label"] if labelled else ["id"]
-        columns = {field: self._column(table, field, where) for field in fields}
-
-        def to_row(row: dict[str, Any], index: int) -> dict[str, Any]:
+        columns = {field: self._column(table, field) for field in fields}
+        rows = []
+        for index, row in enumerate(table.rows):
+            where = f"{table.where}: row {index + 1}"
             out: dict[str, Any] = {}
             for field, column in columns.items():
                 if field == "label":
-                    out[field] = self.label_id(row[column], f"{where}: row {index + 1}")
+                    out[field] = self.label_id(row.get(column), where)
                 elif field == "id":
-                    out[field] = str(row[column]).strip()
+                    out[field] = str(row.get(column)).strip()
                 else:
-                    out[field] = _text(row[column], f"{where}: row {index + 1}", column)
-            return out
+                    out[field] = _text(row.get(column), where, column)
+            rows.append(out)
+        return rows
 
-        return table.map(to_row, with_indices=True, remove_columns=table.column_names, keep_in_memory=True)
-
-    def is_pair(self, table: datasets.Dataset) -> bool:
+    def is_pair(self, table: Table) -> bool:
         """Pair tasks map `text_pair` in the recipe or have a `text_pair` column."""
-        return "text_pair" in self.recipe.data.columns or "text_pair" in table.column_names
+        return "text_pair" in self.recipe.data.columns or "text_pair" in table.columns
 
     def label_id(self, value: Any, where: str) -> int:
         """The index of a file label: a label name ("positive", "1"), or an integer index.
@@ -123,16 +136,16 @@ class ClassificationTask(Task):
             return f"0..{last}"
         return f"{', '.join(self.labels)} (or 0..{last})"
 
-    def _column(self, table: datasets.Dataset, field: str, where: str) -> str:
+    def _column(self, table: Table, field: str) -> str:
         named = column_for(self.recipe.data, field)
-        if named in table.column_names:
+        if named in table.columns:
             return named
         hub = self.recipe.data.hub
-        if hub is not None and where.startswith(f"{hub.id}:"):
+        if hub is not None and table.where.startswith(f"{hub.id}:"):
             for alias in HUB_COLUMNS.get(field, ()):
-                if alias in table.column_names:
+                if alias in table.columns:
                     return alias
-        require_columns(table, [named], where)
+        require_columns(table, [named])
         return named  # not reached: require_columns raised
 
     def _find_predict_file(self) -> Path | None:
@@ -149,7 +162,7 @@ class ClassificationTask(Task):
 
     # --- features -----------------------------------------------------------------------
 
-    def tokenize(self, rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> datasets.Dataset:
+    def tokenize(self, rows, tokenizer: PreTrainedTokenizerBase):
         """Input ids (text, or text + newline + text_pair) truncated to data.max_length."""
         max_length = self.recipe.data.max_length
         separator = tokenizer(PAIR_SEPARATOR)["input_ids"]
@@ -170,6 +183,8 @@ class ClassificationTask(Task):
 
     def collate(self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> Batch:
         """Right padding with the pad id (see the module docstring for why right)."""
+        import torch
+
         longest = max(len(feature["input_ids"]) for feature in features)
         input_ids, mask = [], []
         for feature in features:
@@ -183,18 +198,26 @@ class ClassificationTask(Task):
 
     # --- evaluation ---------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def evaluate(self, model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator) -> dict:
+    def count_targets(self, batch: Batch) -> int:
+        return int((batch["labels"] != IGNORE_INDEX).sum())
+
+    def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        logits = logits_of(model, batch).float()
+        return F.cross_entropy(logits, batch["labels"], ignore_index=IGNORE_INDEX, reduction="sum")
+
+    def evaluate(self, model: torch.nn.Module, loader, accelerator) -> dict:
         """Accuracy, macro-F1, mean loss and the confusion matrix over the eval split.
 
         Only predicted and gold ids are kept (not logits), gathered across processes.
         """
+        import torch
+        import torch.nn.functional as F
+
         predicted, gold = [], []
         loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-        max_batches = self.recipe.eval.max_batches
-        for index, batch in enumerate(loader):
-            if max_batches is not None and index >= max_batches:
-                break
+        for batch in loader:
             logits = logits_of(model, batch).float()
             losses = F.cross_entropy(logits, batch["labels"], reduction="none")
             ids, labels, losses = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"], losses))
@@ -207,32 +230,37 @@ class ClassificationTask(Task):
         )
 
     def final_evaluation(
-        self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, run_dir: Path
+        self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, output: Path
     ) -> dict:
-        """Predict `data.predict` with the model given and write `<run_dir>/predictions.csv`."""
+        """Predict `data.predict` with the model given and write `<output>/predictions.csv`."""
+        from accelerate import PartialState
+
         if self.predict_path is None:
             return {"labels": self.labels}
-        rows = self.rows_from_table(read_table(self.predict_path), str(self.predict_path), labelled=False)
+        rows = to_dataset(
+            self.rows_from_table(read_table(self.predict_path), labelled=False), str(self.predict_path)
+        )
         predicted = self.predict(model, rows, tokenizer)
-        path = Path(run_dir) / PREDICTIONS_FILE
+        path = Path(output) / PREDICTIONS_FILE
         if PartialState().is_main_process:
             write_predictions(path, rows["id"], [self.labels[index] for index in predicted])
         return {"labels": self.labels, "predictions_file": str(path)}
 
-    @torch.inference_mode()
-    def predict(
-        self, model: torch.nn.Module, rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase
-    ) -> list[int]:
+    def predict(self, model: torch.nn.Module, rows, tokenizer: PreTrainedTokenizerBase) -> list[int]:
         """Predicted label indices for rows, in order."""
+        import torch
+        from torch.utils.data import DataLoader
+
         features = self.tokenize(rows, tokenizer)
         batch_size = self.recipe.train.eval_batch_size or self.recipe.train.batch_size
         loader = DataLoader(features, batch_size=batch_size, collate_fn=lambda f: self.collate(f, tokenizer))
         device = next(model.parameters()).device
         model.eval()
         predicted: list[int] = []
-        for batch in loader:
-            batch = {key: value.to(device) for key, value in batch.items()}
-            predicted.extend(logits_of(model, batch).argmax(-1).tolist())
+        with torch.inference_mode():
+            for batch in loader:
+                batch = {key: value.to(device) for key, value in batch.items()}
+                predicted.extend(logits_of(model, batch).argmax(-1).tolist())
         return predicted
 
 
@@ -245,6 +273,8 @@ def classification_metrics(
     gold: torch.Tensor, predicted: torch.Tensor, loss_sum: float, num_labels: int
 ) -> dict:
     """eval_* metrics from gold and predicted label indices (macro-F1 as the course's sklearn)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
     gold_list, predicted_list = gold.tolist(), predicted.tolist()
     count = max(len(gold_list), 1)
     return {
@@ -283,6 +313,8 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 
 def _text(value: Any, where: str, column: str) -> str:
+    if isinstance(value, dict | list):
+        raise LoraftError(f"{where}: column '{column}' holds {type(value).__name__}, expected text")
     text = "" if value is None else str(value).strip()
     if not text:
         raise LoraftError(f"{where}: the text in column '{column}' is missing or empty")

@@ -5,9 +5,7 @@ from __future__ import annotations
 import html
 import re
 
-import datasets
-
-from loraft.data import column_for, require_columns
+from loraft.data import Table, column_for, require_columns
 from loraft.errors import LoraftError
 from loraft.tasks.causal_lm import CausalLMTask
 
@@ -23,22 +21,21 @@ class NewsTask(CausalLMTask):
     def column_names(self) -> list[str] | None:
         return None if self.recipe.data.columns else AG_NEWS_COLUMNS
 
-    def rows_from_table(self, table: datasets.Dataset, where: str) -> datasets.Dataset:
+    def rows_from_table(self, table: Table) -> list[dict[str, str]]:
         data = self.recipe.data
         text_column = column_for(data, "text")
-        if text_column in table.column_names:
+        if text_column in table.columns:
             fields = [text_column]
         else:
             fields = [column_for(data, "title"), column_for(data, "description")]
-            require_columns(table, fields, where)
-
-        def to_text(row: dict, index: int) -> dict[str, str]:
-            parts = [row[field] for field in fields]
+            require_columns(table, fields)
+        rows = []
+        for index, row in enumerate(table.rows):
+            parts = [row.get(field) for field in fields]
             if not all(isinstance(part, str) for part in parts) or not "".join(parts).strip():
-                raise LoraftError(f"{where}: row {index + 1}: expected text in {', '.join(fields)}")
-            return {"text": clean_ag_news("\n".join(part.strip() for part in parts))}
-
-        return table.map(to_text, with_indices=True, remove_columns=table.column_names, keep_in_memory=True)
+                raise LoraftError(f"{table.where}: row {index + 1}: expected text in {', '.join(fields)}")
+            rows.append({"text": clean_ag_news("\n".join(part.strip() for part in parts))})
+        return rows
 
 
 def clean_ag_news(text: str) -> str:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+import string
+from typing import Any, ClassVar
 
-import datasets
-
-from loraft.data import column_for, require_columns
+from loraft.data import Table, column_for, require_columns
 from loraft.errors import LoraftError
+from loraft.recipe import Recipe
 from loraft.tasks.causal_lm import CausalLMTask, GenerationCase
 
 DEFAULT_TEMPLATE = "Q: {prompt}\nA:"
@@ -16,26 +16,40 @@ DEFAULT_TEMPLATE = "Q: {prompt}\nA:"
 class PersonaTask(CausalLMTask):
     """JSON Lines (or a table) with `prompt` and `response`; `data.template` frames the prompt."""
 
+    data_fields: ClassVar[tuple[str, ...]] = ("template",)
+
+    @classmethod
+    def check_recipe(cls, recipe: Recipe) -> None:
+        super().check_recipe(recipe)
+        template = recipe.data.template or DEFAULT_TEMPLATE
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        except ValueError as error:
+            raise LoraftError(
+                f"data.template: {error} in {template!r} (write a literal brace as {{{{)"
+            ) from None
+        if fields != ["prompt"]:
+            raise LoraftError(f"data.template: expected exactly one {{prompt}} placeholder, got {template!r}")
+
     @property
     def template(self) -> str:
-        template = self.recipe.data.template or DEFAULT_TEMPLATE
-        if "{prompt}" not in template:
-            raise LoraftError(f"data.template: must contain {{prompt}}, got {template!r}")
-        return template
+        return self.recipe.data.template or DEFAULT_TEMPLATE
 
-    def rows_from_table(self, table: datasets.Dataset, where: str) -> datasets.Dataset:
+    def format_prompt(self, text: str) -> str:
+        return self.template.format(prompt=text.strip())
+
+    def rows_from_table(self, table: Table) -> list[dict[str, str]]:
         data = self.recipe.data
         prompt_column, response_column = column_for(data, "prompt"), column_for(data, "response")
-        require_columns(table, [prompt_column, response_column], where)
-
-        def to_pair(row: dict, index: int) -> dict[str, str]:
-            pair = {"prompt": row[prompt_column], "response": row[response_column]}
+        require_columns(table, [prompt_column, response_column])
+        rows = []
+        for index, row in enumerate(table.rows):
+            pair = {"prompt": row.get(prompt_column), "response": row.get(response_column)}
             for field, value in pair.items():
                 if not isinstance(value, str) or not value.strip():
-                    raise LoraftError(f"{where}: row {index + 1}: '{field}' must be non-empty text")
-            return pair
-
-        return table.map(to_pair, with_indices=True, remove_columns=table.column_names, keep_in_memory=True)
+                    raise LoraftError(f"{table.where}: row {index + 1}: '{field}' must be non-empty text")
+            rows.append(pair)
+        return rows
 
     def prompt_and_target(self, row: dict[str, Any]) -> tuple[str, str]:
         return self.template.format(prompt=row["prompt"].strip()), " " + row["response"].strip()

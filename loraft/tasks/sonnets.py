@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-
-import datasets
+from typing import ClassVar
 
 from loraft.data import read_text, require_data_file
 from loraft.errors import LoraftError
+from loraft.recipe import Recipe
 from loraft.tasks.causal_lm import CausalLMTask, GenerationCase
 
 SONNET_SPLIT = re.compile(r"\n\s*\d+\s*\n")  # the course's own splitter
@@ -26,27 +26,48 @@ class SonnetsTask(CausalLMTask):
     """Each sonnet is one training text; `data.eval` (the gold held-out sonnets) gives perplexity."""
 
     default_generate_size = 1000  # every held-out sonnet
+    reads_tables: ClassVar[bool] = False
+    data_fields: ClassVar[tuple[str, ...]] = ("prompts",)
 
-    def load_rows(self) -> tuple[datasets.Dataset, datasets.Dataset]:
+    @classmethod
+    def check_recipe(cls, recipe: Recipe) -> None:
+        super().check_recipe(recipe)
+        data = recipe.data
+        if recipe.eval.generate and not (data.prompts and data.eval):
+            raise LoraftError(
+                "data.prompts and data.eval: sonnet chrF needs the prompt and gold files "
+                "(or eval.generate: false)"
+            )
+
+    def check_data(self) -> None:
+        self._sonnets()
+        if self.recipe.eval.generate:
+            self.generation_cases()
+
+    def load_rows(self, preview: int | None = None):
+        import datasets
+
+        train, evaluation = self._sonnets()
+        return (
+            datasets.Dataset.from_dict({"text": train}),
+            datasets.Dataset.from_dict({"text": evaluation}),
+        )
+
+    def _sonnets(self) -> tuple[list[str], list[str]]:
         data = self.recipe.data
-        if not data.train:
-            raise LoraftError("data.train: the sonnets task needs a sonnet file (cs224n/sonnets.txt)")
         train = read_sonnets(require_data_file("data.train", data.train, self.roots))
         if data.eval:
             evaluation = read_sonnets(require_data_file("data.eval", data.eval, self.roots))
         else:
             held_out = max(1, round(len(train) * data.eval_fraction))
             train, evaluation = train[:-held_out], train[-held_out:]
-        return (
-            datasets.Dataset.from_dict({"text": train}),
-            datasets.Dataset.from_dict({"text": evaluation}),
-        )
+        if not train:
+            raise LoraftError(f"data.train: '{data.train}' has too few sonnets to hold out an eval split")
+        return train, evaluation
 
     def generation_cases(self) -> list[GenerationCase]:
         """The course's protocol: the first 3 lines of each held-out sonnet, its gold text."""
         data = self.recipe.data
-        if not (data.prompts and data.eval):
-            raise LoraftError("data.prompts and data.eval: sonnet chrF needs the prompt and gold files")
         prompts = read_sonnets(require_data_file("data.prompts", data.prompts, self.roots))
         gold = read_sonnets(require_data_file("data.eval", data.eval, self.roots))
         if len(prompts) != len(gold):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import datasets
+from typing import ClassVar
+
 from transformers import PreTrainedTokenizerBase
-from trl import pack_dataset
 
 from loraft.data import read_text, require_data_file
 from loraft.errors import LoraftError
@@ -18,10 +18,22 @@ class TextTask(CausalLMTask):
     packing): the file is one continuous text, so a block spanning two passages is faithful.
     """
 
-    def load_rows(self) -> tuple[datasets.Dataset, datasets.Dataset]:
+    reads_tables: ClassVar[bool] = False
+
+    def check_data(self) -> None:
+        self._passages()
+
+    def load_rows(self, preview: int | None = None):
+        import datasets
+
+        passages, evaluation = self._passages()
+        return (
+            datasets.Dataset.from_dict({"text": passages}),
+            datasets.Dataset.from_dict({"text": evaluation}),
+        )
+
+    def _passages(self) -> tuple[list[str], list[str]]:
         data = self.recipe.data
-        if not data.train:
-            raise LoraftError("data.train: the text task needs a text file")
         passages = _passages(read_text(require_data_file("data.train", data.train, self.roots)))
         if data.eval:
             evaluation = _passages(read_text(require_data_file("data.eval", data.eval, self.roots)))
@@ -30,12 +42,11 @@ class TextTask(CausalLMTask):
             passages, evaluation = passages[:-held_out], passages[-held_out:]
         if not passages:
             raise LoraftError(f"data.train: '{data.train}' is too short to hold out an eval split")
-        return (
-            datasets.Dataset.from_dict({"text": passages}),
-            datasets.Dataset.from_dict({"text": evaluation}),
-        )
+        return passages, evaluation
 
-    def tokenize(self, rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> datasets.Dataset:
+    def tokenize(self, rows, tokenizer: PreTrainedTokenizerBase):
+        from trl import pack_dataset
+
         encoded = rows.map(
             lambda row: {"input_ids": tokenizer(row["text"] + "\n\n")["input_ids"]},
             remove_columns=rows.column_names,

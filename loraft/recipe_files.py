@@ -1,0 +1,204 @@
+"""Reading recipes: YAML files, `extends:` chains, `key.sub=value` overrides, one-line errors.
+
+An error names where the mistake is: `file:line` for a key written in a recipe (or in the base
+it extends), `override 'key=value'` for one given on the command line.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from loraft.errors import LoraftError
+from loraft.recipe import Recipe, _is_model
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe file, follow `extends:`, apply `key.sub=value` overrides, validate."""
+    path = Path(path)
+    raw = _read_with_extends(path, seen=())
+    raw.setdefault("name", path.stem)
+    with_overrides = raw
+    for override in overrides or []:
+        with_overrides = apply_override(with_overrides, override)
+    try:
+        return Recipe.model_validate(with_overrides)
+    except ValidationError as error:
+        raise LoraftError(_describe(error, path, raw, overrides or [])) from None
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Merge `update` into a copy of `base`: mappings merge key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
+    """A copy of `raw` with one `key.sub=value` override (the value parsed as YAML) set."""
+    key, value = parse_override(override)
+    result = copy.deepcopy(raw)
+    node, parts = result, key.split(".")
+    for part in parts[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            raise LoraftError(f"override {override!r}: {part} is not a section")
+        node = node[part]
+    node[parts[-1]] = value
+    return result
+
+
+def parse_override(override: str) -> tuple[str, Any]:
+    """`("train.lr", 0.0003)` from `"train.lr=3e-4"`; one-line errors for malformed ones."""
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise LoraftError(f"override {override!r}: expected key.sub=value, e.g. train.lr=3e-4")
+    try:
+        return key, yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise LoraftError(f"override {override!r}: the value is not valid YAML") from None
+
+
+# --- files --------------------------------------------------------------------------------
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; every problem is one line naming the file."""
+    if not path.is_file():
+        raise LoraftError(f"{path}: recipe file not found")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LoraftError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise LoraftError(f"{path}:{where} {problem}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise LoraftError(f"{path}: a recipe must be a mapping of keys, got {type(content).__name__}")
+    if any(not isinstance(key, str) for key in content):
+        raise LoraftError(f"{path}: every top-level key must be text")
+    return content
+
+
+def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    resolved = path.resolve()
+    if resolved in seen:
+        chain = " -> ".join(str(p) for p in (*seen, resolved))
+        raise LoraftError(f"{path}: `extends` forms a cycle: {chain}")
+    raw = read_yaml_mapping(path)
+    base_name = raw.pop("extends", None)
+    if base_name is None:
+        return raw
+    if not isinstance(base_name, str):
+        raise LoraftError(f"{path}: `extends` must be a file path, got {base_name!r}")
+    base = _read_with_extends(path.parent / base_name, seen=(*seen, resolved))
+    base.pop("name", None)  # a variant is named after its own file unless it says otherwise
+    return deep_merge(base, raw)
+
+
+# --- error messages -----------------------------------------------------------------------
+
+
+def _describe(error: ValidationError, path: Path, raw: dict[str, Any], overrides: list[str]) -> str:
+    """One line for the first problem, blamed on the override or the recipe line that caused it."""
+    first = error.errors()[0]
+    loc = [str(part) for part in first["loc"] if not str(part).startswith("function-")]
+    loc = [part for part in loc if part not in ("int", "tuple[int,int]", "literal[...]", "bool")]
+    message = _message(first, loc)
+    culprit = _override_for(loc, overrides)
+    if culprit is not None:
+        return f"override {culprit!r}: {message}"
+    if not loc and overrides and _valid(raw):
+        shown = ", ".join(repr(override) for override in overrides)
+        return f"overrides {shown}: {message}"
+    return f"{_where(path, loc)}: {message}"
+
+
+def _message(first: dict[str, Any], loc: list[str]) -> str:
+    dotted = ".".join(loc) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key '{dotted}'{_suggestion(loc)}"
+    if first["type"] == "missing":
+        return f"missing required key '{dotted}'"
+    message = first["msg"].removeprefix("Value error, ")
+    if not loc:  # a whole-recipe check: its message names the fields itself
+        return message
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"{dotted}: {message}{shown}"
+
+
+def _override_for(loc: list[str], overrides: list[str]) -> str | None:
+    """The last override that set `loc` or a section containing it."""
+    dotted = ".".join(loc)
+    for override in reversed(overrides):
+        key = override.partition("=")[0].strip()
+        if dotted and (dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + ".")):
+            return override
+    return None
+
+
+def _valid(raw: dict[str, Any]) -> bool:
+    try:
+        Recipe.model_validate(raw)
+    except ValidationError:
+        return False
+    return True
+
+
+def _where(path: Path, loc: list[str]) -> str:
+    """`file:line` of the key in the recipe or the base it extends; just the file if not found
+    there (the value came from a default)."""
+    current: Path | None = path
+    while current is not None and current.is_file():
+        root = yaml.compose(current.read_text(encoding="utf-8"))
+        line = _line_of(root, loc)
+        if line is not None:
+            return f"{current}:{line}"
+        extends = read_yaml_mapping(current).get("extends")
+        current = current.parent / extends if isinstance(extends, str) else None
+    return str(path)
+
+
+def _line_of(node: yaml.Node | None, keys: list[str]) -> int | None:
+    """1-based line of the deepest key of `keys` found along the path in a composed YAML tree."""
+    line = None
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            return line
+        match = next(((k, v) for k, v in node.value if k.value == key), None)
+        if match is None:
+            return line
+        line, node = match[0].start_mark.line + 1, match[1]
+    return line
+
+
+def _suggestion(loc: list[str]) -> str:
+    section: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        field = section.model_fields.get(part)
+        annotation = getattr(field, "annotation", None) if field else None
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if _is_model(a)]
+        if not candidates:
+            return ""
+        section = candidates[0]
+    matches = difflib.get_close_matches(loc[-1], list(section.model_fields), n=1, cutoff=0.6)
+    prefix = ".".join(loc[:-1])
+    if not matches:
+        return f"; valid keys here: {', '.join(section.model_fields)}"
+    return f"; did you mean '{prefix + '.' if prefix else ''}{matches[0]}'?"

@@ -1,0 +1,330 @@
+"""`train_recipe`: recipe -> data -> model -> trainer -> run directory, fresh or resumed.
+
+Everything that can be checked is checked before the run directory is touched: the recipe
+(the validation pass), the folder, the data, the tokenizer and the model. Only then is an
+earlier run replaced (with --overwrite) or reopened (with --resume).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+
+from loraft.batches import DataOrder
+from loraft.checkpoint import load_trained_model, save_base_model
+from loraft.checks import check_context, check_recipe, context_of
+from loraft.data import data_roots
+from loraft.errors import LoraftError
+from loraft.model import (
+    apply_method,
+    build_base_model,
+    build_tokenizer,
+    count_parameters,
+    describe_parameters,
+    load_base_model,
+)
+from loraft.recipe import BUDGET_KEYS, Recipe
+from loraft.run_dir import RunDirectory
+from loraft.system import environment_facts
+from loraft.tasks import build_task
+from loraft.tasks.base import Task
+from loraft.tokenizer import load_tokenizer
+from loraft.trackers import Trackers, require_trackers
+from loraft.trainer import Progress, StopSignals, Trainer, TrainingParts
+from loraft.training_state import keep_only_trainable_weights, load_training_state, saved_states
+
+
+@dataclass
+class TrainResult:
+    """What `train_recipe` hands back: the summary and the trained model with its tokenizer."""
+
+    summary: dict
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    is_main_process: bool = True  # under DDP, only the main process reports
+
+
+def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite: bool = False) -> TrainResult:
+    """Run a recipe end to end (resuming if the recipe says so); returns and writes the summary."""
+    started = time.perf_counter()
+    roots = data_roots(data_root)
+    check_recipe(recipe, roots)
+    require_trackers(recipe.train.trackers)
+    accelerator = make_accelerator(recipe)
+    state = resume_point(recipe, overwrite)
+    set_seed(recipe.train.seed)
+    task = build_task(recipe, roots)
+    train_rows, eval_rows = task.rows()
+    run, tokenizer, base = prepare_run(recipe, task, train_rows, state, overwrite, accelerator)
+    model = apply_method(base, recipe, task.kind)
+    trainable, total = count_parameters(model)
+    accelerator.print(describe_parameters(trainable, total))
+    warn_about_slow_precision(recipe.train.precision, accelerator)
+    if recipe.train.gradient_checkpointing:
+        # Non-reentrant checkpointing: gradients reach LoRA weights behind frozen embeddings.
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    train_set = task.with_targets(task.tokenize(train_rows, tokenizer), "training")
+    eval_set = task.with_targets(task.tokenize(eval_rows, tokenizer), "evaluation")
+    parts = training_parts(
+        recipe, task, accelerator, model, tokenizer, train_set, periodic_eval_set(recipe, eval_set)
+    )
+    trackers = Trackers(
+        recipe.train.trackers if run else [], recipe.run_dir, recipe.name, run.created() if run else ""
+    )
+    with StopSignals() as stop:
+        trainer = Trainer(recipe, task, accelerator, parts, run, trackers, stop, started)
+        if state is not None:
+            resume_trainer(trainer, state)
+        trackers.start({**recipe.model_dump(mode="json"), **parameter_counts(trainable, total)})
+        try:
+            progress = trainer.fit()
+        except BaseException:
+            trackers.close()
+            raise
+    final_eval, best_eval = final_metrics(trainer, task, run, eval_set, tokenizer)
+    trainer.update_clock()
+    summary = {
+        **describe_run(recipe, trainable, total, len(train_set), len(eval_set)),
+        **describe_progress(progress, trainer.order.steps_per_epoch),
+        "final_eval": final_eval,
+        "best_metric": trainer.metric,
+        "best_eval": best_eval,
+        **environment_facts(accelerator, recipe.train.precision),
+    }
+    if run is not None:
+        run.write_summary(summary)
+    trackers.finish(summary)
+    accelerator.end_training()
+    return TrainResult(
+        summary, accelerator.unwrap_model(trainer.model), tokenizer, accelerator.is_main_process
+    )
+
+
+# --- set-up -----------------------------------------------------------------------------
+
+
+def make_accelerator(recipe: Recipe) -> Accelerator:
+    from accelerate.state import AcceleratorState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # accelerate keeps one global state per process; another run in this process (the
+        # Python API, a test) may ask for another precision.
+        AcceleratorState._reset_state()
+    # gradient_accumulation_steps stays 1: the trainer normalises the loss itself (token-exact).
+    return Accelerator(
+        cpu=multi_process_cpu(),
+        mixed_precision="no" if recipe.train.precision == "fp32" else recipe.train.precision,
+    )
+
+
+def multi_process_cpu() -> bool:
+    """True under `torchrun` without GPUs: accelerate then needs cpu=True to use gloo DDP."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def resume_point(recipe: Recipe, overwrite: bool) -> Path | None:
+    """The training state to resume from, or None for a fresh run (whose folder is checked)."""
+    mode, run = recipe.train.resume, RunDirectory(recipe.run_dir)
+    if mode and overwrite:
+        raise LoraftError("--overwrite and --resume (train.resume) contradict each other: pick one")
+    states = saved_states(run.train_state_path) if mode and run.is_run() else []
+    if states:
+        saved = run.read_recipe()
+        difference = recipe.first_difference(saved, ignore=BUDGET_KEYS)
+        if difference:
+            raise LoraftError(
+                f"--resume: {run.path} was trained with another recipe ({difference}, now vs then); "
+                "only train.max_steps and train.epochs may change"
+            )
+        return states[-1]
+    if mode is True:
+        why = "is not a loraft run" if not run.is_run() else "has no saved training state yet"
+        raise LoraftError(f"--resume: {run.path} {why}; start it without --resume")
+    RunDirectory.check_available(run.path, overwrite)
+    return None
+
+
+def prepare_run(
+    recipe: Recipe, task: Task, train_rows, state: Path | None, overwrite: bool, accelerator: Accelerator
+) -> tuple[RunDirectory | None, PreTrainedTokenizerBase, torch.nn.Module]:
+    """Tokenizer and base model, and the run directory (main process): created, or reopened.
+
+    A from-scratch base is built once, by the main process of a fresh run, and saved in the
+    run's `base_model/`; every other process, and every resume, loads it from there.
+    """
+    kind, labels = task.kind, task.model_options().get("num_labels", 0)
+    run = None
+    builds_base = state is None and accelerator.is_main_process
+    if recipe.model.config is None or builds_base:
+        tokenizer = build_tokenizer(recipe, task.texts_for_tokenizer(train_rows))
+        base = build_base_model(recipe, kind, tokenizer, labels)
+        check_context(recipe, context_of(base.config))
+    if accelerator.is_main_process:
+        run = RunDirectory.open(recipe.run_dir) if state else RunDirectory.create(recipe.run_dir, overwrite)
+        run.write_recipe(recipe)
+        if state is not None:
+            run.truncate_metrics(int(state.name.split("-")[1]))
+            run.summary_path.unlink(missing_ok=True)  # written again when the run ends
+        elif recipe.model.config is not None:
+            save_base_model(run, base, tokenizer)
+    accelerator.wait_for_everyone()
+    if recipe.model.config is not None and not builds_base:
+        tokenizer = load_tokenizer(str(recipe.run_dir / "base_model"))
+        base = load_base_model(recipe, kind, tokenizer, recipe.run_dir / "base_model", labels)
+    return run, tokenizer, base
+
+
+def training_parts(
+    recipe: Recipe, task: Task, accelerator: Accelerator, model, tokenizer, train_set, eval_set
+) -> TrainingParts:
+    """The prepared model and optimizer, the schedule, the data order and the eval loader."""
+    order = DataOrder(len(train_set), recipe.train.batch_size, recipe.train.grad_accum,
+                      accelerator.num_processes, recipe.train.seed)  # fmt: skip
+    total_steps = order.total_steps(recipe.train.epochs, recipe.train.max_steps)
+    optimizer = torch.optim.AdamW(parameter_groups(model, recipe.train.weight_decay), lr=recipe.train.lr)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, round(recipe.train.warmup_ratio * total_steps), total_steps
+    )
+    eval_loader = eval_loader_for(recipe, task, eval_set, tokenizer)
+    model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
+    accelerator.register_for_checkpointing(scheduler)  # stepped by the trainer, saved with the state
+    keep_only_trainable_weights(accelerator, model)
+    return TrainingParts(model, optimizer, scheduler, order, train_set.to_list(), eval_loader, tokenizer)
+
+
+def eval_loader_for(recipe: Recipe, task: Task, eval_set, tokenizer) -> DataLoader:
+    return DataLoader(
+        eval_set,
+        batch_size=recipe.train.eval_batch_size or recipe.train.batch_size,
+        collate_fn=lambda features: task.collate(features, tokenizer),
+    )
+
+
+def periodic_eval_set(recipe: Recipe, eval_set):
+    """The eval examples used during training: a seeded sample of `eval.periodic_size`, or all."""
+    size = recipe.eval.periodic_size
+    if size is None or size >= len(eval_set):
+        return eval_set
+    return eval_set.shuffle(seed=recipe.data.seed).select(range(size))
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases and LayerNorm weights (1-D tensors)."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def resume_trainer(trainer: Trainer, state: Path) -> None:
+    """Restore weights, optimizer, schedule, RNG and counters; the step budget may have grown."""
+    counters = load_training_state(trainer.accelerator, state)
+    known = {f.name for f in fields(Progress)}
+    trainer.progress = Progress(**{k: v for k, v in counters.items() if k in known})
+    trainer.wall_before = trainer.progress.wall_s
+    if trainer.progress.step >= trainer.total_steps:
+        raise LoraftError(
+            f"--resume: the run already trained {trainer.progress.step} of {trainer.total_steps} steps; "
+            "raise train.max_steps or train.epochs to train further"
+        )
+    # A changed budget changes the schedule: the next step's rate follows the new one.
+    scheduler = trainer.scheduler
+    for group, base, rule in zip(
+        trainer.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
+        group["lr"] = base * rule(scheduler.last_epoch)
+    trainer.accelerator.print(f"resuming {trainer.recipe.run_dir} after step {trainer.progress.step}")
+
+
+def warn_about_slow_precision(precision: str, accelerator: Accelerator) -> None:
+    """bf16 on a CPU without native support is emulated: often 10x slower than fp32."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if accelerator.device.type == "cpu" and precision != "fp32" and "AVX512" not in capability:
+        accelerator.print(
+            f"warning: train.precision={precision} on a CPU with {capability} only (no native "
+            "16-bit matmul): expect it to be much slower than fp32"
+        )
+
+
+# --- the end of a run --------------------------------------------------------------------
+
+
+def final_metrics(
+    trainer: Trainer, task: Task, run: RunDirectory | None, eval_set, tokenizer
+) -> tuple[dict, dict]:
+    """The last model and the best checkpoint, each on the whole eval set (periodic evaluations
+    may use a sample); generation scores and prediction files come from the best checkpoint,
+    as `loraft eval` reproduces them."""
+    recipe, accelerator, progress = trainer.recipe, trainer.accelerator, trainer.progress
+    tick = time.perf_counter()
+    final, best, best_model = progress.last_eval, dict(progress.best_eval), None
+    if len(trainer.eval_loader.dataset) < len(eval_set):
+        loader = accelerator.prepare(eval_loader_for(recipe, task, eval_set, tokenizer))
+        final = {"step": progress.step, **evaluate(trainer.model, task, loader, accelerator)}
+        if progress.best_step == progress.step:
+            best = dict(final)
+        elif progress.best_step is not None:
+            best_model, _ = load_trained_model(RunDirectory(recipe.run_dir), "best", recipe)
+            best_model.to(accelerator.device)
+            best = {"step": progress.best_step, **evaluate(best_model, task, loader, accelerator)}
+    if progress.best_step is not None and run is not None:
+        if best_model is None:
+            best_model, _ = load_trained_model(run, "best", recipe)
+            best_model.to(accelerator.device)
+        best.update(task.final_evaluation(best_model, tokenizer, run.path))
+    progress.eval_s += time.perf_counter() - tick
+    accelerator.wait_for_everyone()
+    return final, best
+
+
+def evaluate(model: torch.nn.Module, task: Task, loader, accelerator: Accelerator) -> dict[str, Any]:
+    model.eval()
+    with torch.inference_mode():
+        return task.evaluate(model, loader, accelerator)
+
+
+def describe_run(recipe: Recipe, trainable: int, total: int, train_examples: int, eval_examples: int) -> dict:
+    """The summary's identity and parameter accounting."""
+    return {
+        "name": recipe.name,
+        "run_dir": str(recipe.run_dir),
+        "task": recipe.task,
+        "method": recipe.method,
+        "model": recipe.model.name or "scratch",
+        **parameter_counts(trainable, total),
+        "train_examples": train_examples,
+        "eval_examples": eval_examples,
+    }
+
+
+def parameter_counts(trainable: int, total: int) -> dict[str, Any]:
+    return {"trainable_params": trainable, "total_params": total, "trainable_pct": 100 * trainable / total}
+
+
+def describe_progress(progress: Progress, steps_per_epoch: int) -> dict:
+    """The summary's training figures: tokens/s counts non-padding tokens of training steps."""
+    return {
+        "steps": progress.step,
+        "epochs": round(progress.step / steps_per_epoch, 4),
+        "train_tokens": progress.train_tokens,
+        "train_s": progress.train_s,
+        "eval_s": progress.eval_s,
+        "save_s": progress.save_s,
+        "train_tokens_per_s": progress.train_tokens / max(progress.train_s, 1e-9),
+        "wall_s": progress.wall_s,
+        "peak_memory_mb": progress.peak_memory_mb,
+        "best_step": progress.best_step,
+    }

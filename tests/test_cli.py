@@ -1,0 +1,151 @@
+"""The `loraft` command end to end: what a user sees, exit codes, and the run directory it writes.
+
+Most commands run in this process (`loraft` fixture); a few start `python -m loraft` for what
+only a real process shows (the entry point, no traceback, start-up time).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import RECIPES, loraft_process, read_records
+
+from loraft.recipe_files import load_recipe
+
+SUMMARY_KEYS = {
+    "trainable_params",
+    "total_params",
+    "trainable_pct",
+    "train_tokens_per_s",
+    "peak_memory_mb",
+    "wall_s",
+    "train_s",
+    "eval_s",
+    "save_s",
+    "final_eval",
+    "best_eval",
+    "steps",
+}
+
+
+def test_train_writes_a_complete_run_directory_and_eval_replays_it(
+    tiny_model_dir: Path, tmp_path: Path, loraft
+) -> None:
+    run = tmp_path / "run"
+    args = [
+        "train",
+        RECIPES / "joker.yaml",
+        f"model.name={tiny_model_dir}",
+        f"output_dir={run}",
+        "train.lr=3e-3",
+        "train.max_steps=20",
+        "train.eval_every=10",
+        "data.max_length=48",
+        "eval.generate_size=4",
+        "generation.max_new_tokens=8",
+    ]
+    code, out, err = loraft(*args)
+    assert code == 0, err[-2000:]
+    assert "trainable params: 2,048 || all params: 182,528 || trainable%: 1.1220" in out
+    assert "done in " in out and "evaluation" in out and f"run directory: {run}" in out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary.keys() >= SUMMARY_KEYS and summary["steps"] == 20
+    losses = [record["eval_loss"] for record in read_records(run, "eval")]
+    assert [record["step"] for record in read_records(run, "eval")] == [0, 10, 20]
+    assert losses[0] > losses[-1] + 0.02, losses  # the step-0 baseline against the end
+    assert summary["final_eval"]["eval_loss"] == losses[-1]
+    assert load_recipe(run / "recipe.yaml").method == "lora"
+    for name in ("best", "last"):
+        assert {"adapter_model.safetensors", "tokenizer.json", "state.json"} <= {
+            p.name for p in (run / "checkpoints" / name).iterdir()
+        }
+    assert len((run / "generations.jsonl").read_text().splitlines()) == 4
+    code, out, err = loraft("eval", run)
+    assert code == 0, err
+    assert out.splitlines()[0].split() == ["checkpoint", "best"]
+    assert "eval_loss" in out and "  chrf" in out and "gen_sentence_bleu_bottom10 " in out
+    assert (run / "eval-best" / "generations.jsonl").is_file()
+    code, _, err = loraft(*args)
+    assert code == 2 and "a finished run is already there; pass --overwrite" in err
+    code, _, err = loraft(*args, "--overwrite")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["recipes/joker.yaml", "train.lrr=1"],
+            "override 'train.lrr=1': unknown key 'train.lrr'; did you mean 'train.lr'?",
+        ),
+        (
+            ["recipes/joker.yaml", "train.batch_size=x"],
+            "override 'train.batch_size=x': train.batch_size: Input should be",
+        ),
+        (["recipes/missing.yaml"], "recipes/missing.yaml: recipe file not found"),
+        (
+            ["recipes/joker.yaml", "data.train=nowhere.jsonl"],
+            "data.train: file 'nowhere.jsonl' not found under",
+        ),
+        (["recipes/joker.yaml", "eval.metric=eval_bleu"], "eval.metric: 'eval_bleu' is not computed"),
+        (
+            ["recipes/joker.yaml", "train.trackers=[wandb]", "--overwrite", "--resume"],
+            "contradict each other",
+        ),
+    ],
+)
+def test_user_mistakes_are_one_line_and_exit_2(tmp_path: Path, loraft, args: list[str], message: str) -> None:
+    code, _, err = loraft("train", *args, f"output_dir={tmp_path / 'r'}")
+    assert code == 2 and message in err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_missing_tracker_is_named_before_anything_runs(tmp_path: Path, loraft, monkeypatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
+    code, _, err = loraft(
+        "train", RECIPES / "quickstart.yaml", "train.trackers=[wandb]", f"output_dir={tmp_path / 'r'}"
+    )
+    assert code == 2 and "train.trackers: wandb is not installed; pip install 'loraft[wandb]'" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_ctrl_c_outside_training_is_one_line_and_130(loraft, monkeypatch) -> None:
+    import os
+    import signal
+
+    from loraft import training
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(training, "train_recipe", interrupted)
+    code, out, err = loraft("train", RECIPES / "quickstart.yaml")
+    assert (code, err) == (130, "interrupted\n")
+
+
+def test_fields_version_and_plan(loraft) -> None:
+    code, out, _ = loraft("fields")
+    assert code == 0 and "| `data.seed` | `42` |" in out and "| `train.resume` | `false` |" in out
+    code, out, _ = loraft("--version")
+    assert code == 0 and out.startswith("loraft ")
+    code, out, _ = loraft("plan", RECIPES / "joker.yaml", "--json")
+    numbers = json.loads(out)
+    assert (numbers["trainable_params"], numbers["total_params"]) == (147_456, 124_587_264)
+    assert round(numbers["trainable_pct"], 4) == 0.1184
+
+
+def test_the_real_entry_point_gives_one_line_and_no_traceback() -> None:
+    result = loraft_process("train", "recipes/joker.yaml", "method=qlora")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: override 'method=qlora': method: Input should be 'full', 'lora'")
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+    version = loraft_process("--version")
+    assert version.returncode == 0 and version.stdout.startswith("loraft ")
