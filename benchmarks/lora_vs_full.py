@@ -54,7 +54,7 @@ def train(model_dir: Path, run_dir: Path, method_overrides: list[str], args: arg
         f"model.name={model_dir}", f"output_dir={run_dir}", f"train.max_steps={args.steps}",
         f"train.batch_size={args.batch_size}", f"data.max_length={args.max_length}",
         f"train.precision={args.precision}", "train.eval_every=100000", "eval.at_start=false",
-        "eval.generate=false", "eval.max_batches=1", "data.train_size=400", "data.eval_size=8",
+        "eval.generate=false", "data.train_size=400", "data.eval_size=8",
         *method_overrides, "--data-root", args.data_root,
     ]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True, text=True)

@@ -157,11 +157,19 @@ def generate(
 
     prompts = read_prompts(prompt or [], prompts_file)
     given = {
-        "strategy": strategy, "max_new_tokens": max_new_tokens, "temperature": temperature,
-        "top_k": top_k, "top_p": top_p, "num_beams": num_beams, "seed": seed, "prefix": prefix,
-        "repetition_penalty": repetition_penalty, "batch_size": batch_size,
-        "context_window": _parse_window(context_window), "context_mode": context_mode,
-    }  # fmt: skip
+        "strategy": strategy,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "num_beams": num_beams,
+        "seed": seed,
+        "prefix": prefix,
+        "repetition_penalty": repetition_penalty,
+        "batch_size": batch_size,
+        "context_window": _parse_window(context_window),
+        "context_mode": context_mode,
+    }
     _quiet_libraries()
     from loraft.checks import check_generation, context_of
     from loraft.generation import generate as generate_texts
@@ -175,6 +183,26 @@ def generate(
     for text, continuation in zip(prompts, continuations, strict=True):
         record = {"prompt": text, "continuation": continuation}
         typer.echo(json.dumps(record) if as_json else f"{text}\033[1m{continuation}\033[0m\n")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `loraft train`")],
+    out: Annotated[Path, typer.Option(help="a new folder for the model, tokenizer and model card")],
+    merge: Annotated[bool, typer.Option(help="fold a LoRA adapter into a standalone model")] = False,
+    checkpoint: CheckpointOption = "best",
+    push_to_hub: Annotated[
+        str | None, typer.Option(help="also upload to this hub repo (needs a token)")
+    ] = None,
+) -> None:
+    """Export a run's checkpoint for transformers/PEFT (adapter, or merged model) with a model card."""
+    _quiet_libraries()
+    from loraft.export import export_run
+
+    written = export_run(run_dir, out, merge, checkpoint, push_to_hub)
+    typer.echo(f"exported {run_dir} ({checkpoint}{', merged' if merge else ''}) to {written}")
+    if push_to_hub:
+        typer.echo(f"pushed to https://huggingface.co/{push_to_hub}")
 
 
 @app.command()

@@ -28,26 +28,41 @@ def compare_runs(run_dirs: list[str | Path]) -> list[dict]:
             for key, value in summary.get("best_eval", {}).items()
             if isinstance(value, (int, float)) and key != "step"
         }
-        rows.append({"run": str(run_dir), **{key: summary[key] for key, _, _ in COLUMNS}, **best})
+        fixed = {key: summary[key] for key, _, _ in COLUMNS}
+        rows.append({"run": str(run_dir), **fixed, "best_metric": summary.get("best_metric"), **best})
     return rows
 
 
-def format_comparison(rows: list[dict]) -> str:
-    """A plain-text table: the fixed columns, then every metric that all runs share."""
+def format_comparison(rows: list[dict], width: int = 100) -> str:
+    """A plain-text table no wider than `width`: the fixed columns, then the metrics all runs
+    share, the runs' own best metric first, as many as fit (`--json` has them all)."""
     shared = [key for key in rows[0] if key.startswith(("eval_", "gen_")) and all(key in r for r in rows)]
-    header = ["run", *(title for _, title, _ in COLUMNS), *shared]
+    shared.sort(key=lambda key: key != rows[0].get("best_metric"))
+    names = [Path(row["run"]).name[:24] for row in rows]
+    header = ["run", *(title for _, title, _ in COLUMNS)]
     body = [
-        [
-            Path(row["run"]).name,
-            *(fmt.format(row[key]) for key, _, fmt in COLUMNS),
-            *(f"{row[key]:.4f}" if isinstance(row[key], float) else str(row[key]) for key in shared),
-        ]
-        for row in rows
+        [name, *(fmt.format(row[key]) for key, _, fmt in COLUMNS)]
+        for name, row in zip(names, rows, strict=True)
     ]
+    for key in shared:
+        column = [key.removeprefix("eval_"), *(_metric(row[key]) for row in rows)]
+        if _table_width([*zip(header, *body, strict=True), column]) > width:
+            break
+        header.append(column[0])
+        for line, value in zip(body, column[1:], strict=True):
+            line.append(value)
     widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
     return "\n".join(
         "  ".join(str(c).rjust(w) for c, w in zip(line, widths, strict=True)) for line in [header, *body]
     )
+
+
+def _metric(value: float | int) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _table_width(columns: list) -> int:
+    return sum(max(len(str(cell)) for cell in column) + 2 for column in columns) - 2
 
 
 def plot_comparison(run_dirs: list[str | Path], rows: list[dict], output: Path) -> Path:

@@ -139,8 +139,12 @@ class Trainer:
         """Train until `total_steps`, evaluating and saving on the way."""
         if self.progress.step == 0 and self.recipe.eval.at_start:
             self.evaluate(candidate=False)  # the untrained baseline
-        bar = tqdm(total=self.total_steps, initial=self.progress.step, desc=self.recipe.name,
-                   disable=not self.accelerator.is_main_process)  # fmt: skip
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.progress.step,
+            desc=self.recipe.name,
+            disable=not self.accelerator.is_main_process,
+        )
         with bar:
             while self.progress.step < self.total_steps:
                 step = self.progress.step + 1
@@ -201,8 +205,11 @@ class Trainer:
         progress.window_targets += result.targets
         rate = progress.train_tokens / max(progress.train_s, 1e-9)
         bar.update(1)
-        bar.set_postfix(loss=f"{result.loss_sum / max(result.targets, 1):.4f}", lr=f"{result.lr:.2e}",
-                        tok_s=f"{rate:,.0f}")  # fmt: skip
+        bar.set_postfix(
+            loss=f"{result.loss_sum / max(result.targets, 1):.4f}",
+            lr=f"{result.lr:.2e}",
+            tok_s=f"{rate:,.0f}",
+        )
         if step % self.recipe.train.log_every == 0 or step == self.total_steps:
             record = {
                 "kind": "train",
@@ -265,8 +272,13 @@ class Trainer:
         self.save_weights("last")
         counters = {**asdict(self.progress), "saved_step": self.progress.step}
         counters["num_processes"] = self.accelerator.num_processes
-        save_training_state(self.accelerator, self.recipe.run_dir / "train_state", self.progress.step,
-                            counters, self.recipe.train.keep_last)  # fmt: skip
+        save_training_state(
+            self.accelerator,
+            self.recipe.run_dir / "train_state",
+            self.progress.step,
+            counters,
+            self.recipe.train.keep_last,
+        )
         self.progress.saved_step = self.progress.step
         self.progress.save_s += time.perf_counter() - tick
 
@@ -276,8 +288,9 @@ class Trainer:
         if self.run is not None:
             info = {"step": self.progress.step, "eval": self.progress.last_eval}
             unwrapped = self.accelerator.unwrap_model(self.model)
-            save_checkpoint(self.run.checkpoint(name), unwrapped, state_dict, self.tokenizer,
-                            self.recipe.method, info)  # fmt: skip
+            save_checkpoint(
+                self.run.checkpoint(name), unwrapped, state_dict, self.tokenizer, self.recipe.method, info
+            )
         self.accelerator.wait_for_everyone()
 
     def interrupt(self) -> None:

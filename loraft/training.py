@@ -187,8 +187,13 @@ def training_parts(
     recipe: Recipe, task: Task, accelerator: Accelerator, model, tokenizer, train_set, eval_set
 ) -> TrainingParts:
     """The prepared model and optimizer, the schedule, the data order and the eval loader."""
-    order = DataOrder(len(train_set), recipe.train.batch_size, recipe.train.grad_accum,
-                      accelerator.num_processes, recipe.train.seed)  # fmt: skip
+    order = DataOrder(
+        len(train_set),
+        recipe.train.batch_size,
+        recipe.train.grad_accum,
+        accelerator.num_processes,
+        recipe.train.seed,
+    )
     total_steps = order.total_steps(recipe.train.epochs, recipe.train.max_steps)
     optimizer = torch.optim.AdamW(parameter_groups(model, recipe.train.weight_decay), lr=recipe.train.lr)
     scheduler = get_linear_schedule_with_warmup(

@@ -1,0 +1,172 @@
+"""`loraft export`: a run's checkpoint as a folder the rest of the ecosystem loads, with a model card.
+
+Without `--merge`, a LoRA run gives its PEFT adapter (the classifier head rides along) and the
+tokenizer; on a from-scratch base, the base is copied into `base_model/`. With `--merge`, the
+adapter is folded into the weights: a standalone model for plain `AutoModelFor*.from_pretrained`.
+Full and head runs always export the whole model (a head alone is no standard format).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from loraft import __version__
+from loraft.errors import LoraftError
+from loraft.recipe import Recipe
+from loraft.run_dir import RunDirectory
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path,
+    merge: bool = False,
+    checkpoint: str = "best",
+    push_to_hub: str | None = None,
+) -> Path:
+    """Write checkpoint `checkpoint` of a run to `out` (which must be new or empty); optionally push it."""
+    from peft import PeftModel
+
+    from loraft.checkpoint import load_trained_model
+
+    run, out = RunDirectory.open(run_dir), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise LoraftError(f"--out: {out} already exists and is not empty; choose a new folder")
+    recipe = run.read_recipe()
+    model, tokenizer = load_trained_model(run, checkpoint, recipe)
+    adapter = isinstance(model, PeftModel) and not merge
+    staging = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(staging, ignore_errors=True)
+    if adapter:
+        model.save_pretrained(staging, save_embedding_layers=False)
+        if recipe.model.config is not None:
+            shutil.copytree(run.base_model_path, staging / "base_model")
+    else:
+        (model.merge_and_unload() if isinstance(model, PeftModel) else model).save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    summary = run.read_summary() if run.is_finished() else {}
+    (staging / "README.md").write_text(model_card(recipe, summary, checkpoint, adapter), encoding="utf-8")
+    if out.exists():
+        out.rmdir()  # empty, checked above
+    staging.rename(out)
+    if push_to_hub:
+        push(out, push_to_hub)
+    return out
+
+
+def model_card(recipe: Recipe, summary: dict, checkpoint: str, adapter: bool) -> str:
+    """A model card in the hub's format: YAML metadata, then what the model is and how it was made."""
+    from huggingface_hub import ModelCardData
+
+    classification = recipe.task == "classification"
+    base = recipe.model.name if recipe.model.config is None else None
+    metadata = ModelCardData(
+        library_name="peft" if adapter else "transformers",
+        base_model=base if base and not Path(base).exists() else None,
+        pipeline_tag="text-classification" if classification else "text-generation",
+        tags=["loraft", "gpt2", recipe.method, recipe.task],
+        datasets=[recipe.data.hub.id] if recipe.data.hub else None,
+    )
+    sections = [
+        f"---\n{metadata.to_yaml()}\n---",
+        f"# {recipe.name}\n\n{recipe.description or 'A GPT-2 fine-tuned with loraft.'}",
+        "## Model\n\n" + _bullets(_model_facts(recipe, summary, checkpoint, adapter)),
+        "## Data\n\n" + _bullets(_data_facts(recipe, summary)),
+        "## Training\n\n" + _bullets(_training_facts(recipe, summary)),
+    ]
+    metrics = {k: v for k, v in summary.get("best_eval", {}).items() if isinstance(v, int | float)}
+    if metrics:
+        rows = "\n".join(
+            f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |"
+            for key, value in metrics.items()
+        )
+        sections.append(
+            f"## Metrics ({checkpoint} checkpoint, step {summary.get('best_step')})\n\n"
+            f"| metric | value |\n|---|---|\n{rows}"
+        )
+    sections.append("## Use\n\n```python\n" + _usage(recipe, adapter) + "\n```")
+    sections.append(
+        f"Made with loraft {__version__}; the full recipe is in `recipe` below.\n\n"
+        f"```json\n{json.dumps(recipe.model_dump(mode='json'), indent=2)}\n```"
+    )
+    return "\n\n".join(sections) + "\n"
+
+
+def push(folder: Path, repo_id: str) -> None:
+    """Upload an exported folder to the hub (the user needs a token: `huggingface-cli login`)."""
+    from huggingface_hub import HfApi
+
+    from loraft.hub import go_offline_unless_reachable, offline_hint
+
+    go_offline_unless_reachable()
+    try:
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id)
+    except Exception as error:  # network, authentication and permission errors alike
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise LoraftError(f"--push-to-hub: cannot upload to {repo_id}: {reason}{offline_hint()}") from None
+
+
+def _model_facts(recipe: Recipe, summary: dict, checkpoint: str, adapter: bool) -> list[str]:
+    base = recipe.model.name or f"a GPT-2 trained from scratch ({recipe.model.config.model_dump()})"
+    facts = [f"Base model: {base}", f"Method: {recipe.method}" + (" (adapter not merged)" if adapter else "")]
+    if recipe.method == "lora":
+        lora = recipe.lora
+        facts.append(
+            f"LoRA: rank {lora.r}, alpha {lora.alpha:g}, dropout {lora.dropout:g}, "
+            f"targets {', '.join(lora.target_modules)}"
+        )
+    if summary:
+        facts.append(
+            f"Trainable parameters: {summary['trainable_params']:,} of {summary['total_params']:,} "
+            f"({summary['trainable_pct']:.4f}%)"
+        )
+    return [*facts, f"Checkpoint: {checkpoint}"]
+
+
+def _data_facts(recipe: Recipe, summary: dict) -> list[str]:
+    data = recipe.data
+    source = data.train or (data.hub.id if data.hub else "")
+    facts = [
+        f"Task: {recipe.task}",
+        f"Training data: {source}" + (f", eval: {data.eval}" if data.eval else ""),
+    ]
+    if summary:
+        facts.append(
+            f"Examples: {summary['train_examples']:,} training, {summary['eval_examples']:,} evaluation"
+        )
+    return [*facts, f"Tokens per example: up to {data.max_length}; data seed {data.seed}"]
+
+
+def _training_facts(recipe: Recipe, summary: dict) -> list[str]:
+    train = recipe.train
+    facts = [
+        f"AdamW, lr {train.lr:g}, warm-up {train.warmup_ratio:g} then linear decay, weight decay "
+        f"{train.weight_decay:g}",
+        f"Batch {train.batch_size} x accumulation {train.grad_accum}, "
+        f"precision {train.precision}, seed {train.seed}",
+    ]
+    if summary:
+        facts.append(
+            f"{summary['steps']:,} optimizer steps ({summary['epochs']} epochs) on "
+            f"{summary.get('device', '?')}, {summary['wall_s']:.0f} s"
+        )
+    return facts
+
+
+def _usage(recipe: Recipe, adapter: bool) -> str:
+    auto = "AutoModelForSequenceClassification" if recipe.task == "classification" else "AutoModelForCausalLM"
+    if not adapter:
+        return f'from transformers import {auto}, AutoTokenizer\nmodel = {auto}.from_pretrained("PATH")'
+    base = "PATH/base_model" if recipe.model.config is not None else recipe.model.name
+    labels = f", num_labels={len(recipe.data.labels)}" if recipe.task == "classification" else ""
+    return (
+        f"from peft import PeftModel\nfrom transformers import {auto}\n"
+        f'model = PeftModel.from_pretrained({auto}.from_pretrained("{base}"{labels}), "PATH")'
+    )
+
+
+def _bullets(lines: list[str]) -> str:
+    return "\n".join(f"- {line}" for line in lines)
