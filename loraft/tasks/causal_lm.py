@@ -127,6 +127,24 @@ class CausalLMTask(Task):
         return {"eval_loss": mean, "eval_perplexity": math.exp(min(mean, 50)), "eval_tokens": int(tokens)}
 
 
+class TextFileTask(CausalLMTask):
+    """A task whose files are plain text, not tables: `texts` reads the train and eval texts."""
+
+    reads_tables: ClassVar[bool] = False
+
+    def texts(self) -> tuple[list[str], list[str]]:
+        raise NotImplementedError
+
+    def check_data(self) -> None:
+        self.texts()
+
+    def load_rows(self, preview: int | None = None):
+        import datasets
+
+        train, evaluation = self.texts()
+        return datasets.Dataset.from_dict({"text": train}), datasets.Dataset.from_dict({"text": evaluation})
+
+
 def has_target(labels: list[int]) -> bool:
     return any(label != IGNORE_INDEX for label in labels[1:])
 

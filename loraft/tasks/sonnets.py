@@ -8,7 +8,7 @@ from typing import ClassVar
 from loraft.data import read_text, require_data_file
 from loraft.errors import LoraftError
 from loraft.recipe import Recipe
-from loraft.tasks.causal_lm import CausalLMTask, GenerationCase
+from loraft.tasks.causal_lm import GenerationCase, TextFileTask
 
 SONNET_SPLIT = re.compile(r"\n\s*\d+\s*\n")  # the course's own splitter
 
@@ -22,11 +22,10 @@ def read_sonnets(path) -> list[str]:
     return sonnets
 
 
-class SonnetsTask(CausalLMTask):
+class SonnetsTask(TextFileTask):
     """Each sonnet is one training text; `data.eval` (the gold held-out sonnets) gives perplexity."""
 
     default_generate_size = 1000  # every held-out sonnet
-    reads_tables: ClassVar[bool] = False
     data_fields: ClassVar[tuple[str, ...]] = ("prompts",)
 
     @classmethod
@@ -40,20 +39,11 @@ class SonnetsTask(CausalLMTask):
             )
 
     def check_data(self) -> None:
-        self._sonnets()
+        super().check_data()
         if self.recipe.eval.generate:
             self.generation_cases()
 
-    def load_rows(self, preview: int | None = None):
-        import datasets
-
-        train, evaluation = self._sonnets()
-        return (
-            datasets.Dataset.from_dict({"text": train}),
-            datasets.Dataset.from_dict({"text": evaluation}),
-        )
-
-    def _sonnets(self) -> tuple[list[str], list[str]]:
+    def texts(self) -> tuple[list[str], list[str]]:
         data = self.recipe.data
         train = read_sonnets(require_data_file("data.train", data.train, self.roots))
         if data.eval:

@@ -2,37 +2,21 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from transformers import PreTrainedTokenizerBase
 
 from loraft.data import read_text, require_data_file
 from loraft.errors import LoraftError
-from loraft.tasks.causal_lm import CausalLMTask
+from loraft.tasks.causal_lm import TextFileTask
 
 
-class TextTask(CausalLMTask):
+class TextTask(TextFileTask):
     """A text file split at blank lines into passages; the eval split is the file's last part.
 
     Passages are tokenized and packed end to end into `data.max_length` blocks ("wrapped"
     packing): the file is one continuous text, so a block spanning two passages is faithful.
     """
 
-    reads_tables: ClassVar[bool] = False
-
-    def check_data(self) -> None:
-        self._passages()
-
-    def load_rows(self, preview: int | None = None):
-        import datasets
-
-        passages, evaluation = self._passages()
-        return (
-            datasets.Dataset.from_dict({"text": passages}),
-            datasets.Dataset.from_dict({"text": evaluation}),
-        )
-
-    def _passages(self) -> tuple[list[str], list[str]]:
+    def texts(self) -> tuple[list[str], list[str]]:
         data = self.recipe.data
         passages = _passages(read_text(require_data_file("data.train", data.train, self.roots)))
         if data.eval:
