@@ -9,7 +9,9 @@ same examples however they are split into micro-batches and processes (so batch 
 Each epoch is a seeded permutation of the examples, cut into windows of
 `batch_size * grad_accum * world_size` examples, one window per optimizer step; the last
 window of an epoch may be shorter. A window is dealt out micro-step by micro-step, each
-micro-step's slice split evenly over the processes.
+micro-step's slice split evenly over the processes. With `lengths`, each run of
+GROUP_STEPS windows is sorted by length first, so batches hold examples of similar length
+(less padding); an epoch still sees every example once.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+GROUP_STEPS = 8  # windows sorted together by length: long enough to group, short enough to mix
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class DataOrder:
     grad_accum: int
     world_size: int
     seed: int
+    lengths: tuple[int, ...] | None = None  # group batches by these example lengths
 
     @property
     def examples_per_step(self) -> int:
@@ -76,4 +81,10 @@ class DataOrder:
     @functools.lru_cache(maxsize=2)  # noqa: B019 - a handful of small orders per run
     def permutation(self, epoch: int) -> np.ndarray:
         """The order of the examples in `epoch`, the same on every process."""
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+        if self.lengths is None:
+            return order
+        group = self.examples_per_step * GROUP_STEPS
+        lengths = np.asarray(self.lengths)
+        chunks = [order[start : start + group] for start in range(0, len(order), group)]
+        return np.concatenate([chunk[np.argsort(-lengths[chunk], kind="stable")] for chunk in chunks])

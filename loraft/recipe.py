@@ -101,6 +101,12 @@ class DataSection(Section):
     seed: int = Field(
         42, description="seeds the held-out split and row sampling; train.seed does not change the data"
     )
+    packing: bool = Field(
+        True, description="causal tasks: a batch's examples share rows of max_length, each seeing only itself"
+    )
+    group_by_length: bool = Field(
+        True, description="classification: batch texts of similar length together (less padding)"
+    )
     template: str | None = Field(None, description="task-specific text template (see the task)")
     labels: list[str] | None = Field(None, description="classification: the label names, in order")
     predict: str | None = Field(None, description="classification: unlabelled file to predict")
@@ -111,7 +117,9 @@ class TrainSection(Section):
     epochs: float = Field(1, gt=0, description="passes over the training data")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
     batch_size: int = Field(8, ge=1, description="examples per device per micro-step")
-    eval_batch_size: int | None = Field(None, ge=1, description="default: batch_size")
+    eval_batch_size: int | None = Field(
+        None, ge=1, description="examples per evaluation batch; default: 2 x batch_size (no gradients kept)"
+    )
     grad_accum: int = Field(1, ge=1, description="micro-steps per optimizer step")
     lr: float = Field(2e-4, gt=0, description="peak learning rate (AdamW)")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of steps of linear warm-up")
@@ -241,6 +249,10 @@ class Recipe(Section):
         """`generation` with the overrides of study decoder `name`."""
         merged = {**self.generation.model_dump(), **self.study.decoders[name]}
         return GenerationSection.model_validate(merged)
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.train.eval_batch_size or 2 * self.train.batch_size
 
     @property
     def run_dir(self) -> Path:

@@ -161,10 +161,14 @@ class Trainer:
 
     def train_step(self, step: int) -> StepResult:
         """One optimizer step over this process's micro-batches of `step` (see the module doc)."""
-        micro_batches = [self.collate(micro) for micro in self.order.micro_batches(step, self.rank)]
+        plan = self.order.micro_batches(step, self.rank)
+        micro_batches = [self.collate(micro) for micro in plan]
         targets, tokens, stop = self.sum_over_processes(
             sum(self.task.count_targets(batch) for batch in micro_batches),
-            sum(int(batch["attention_mask"].sum()) for batch in micro_batches),
+            sum(
+                0 if micro.placeholder else int(batch["attention_mask"].sum())
+                for micro, batch in zip(plan, micro_batches, strict=True)
+            ),
             float(self.stop.requested),
         )
         if stop:
@@ -331,8 +335,6 @@ class Trainer:
         batch = self.task.collate([self.examples[index] for index in micro.indices], self.tokenizer)
         if micro.placeholder:  # keeps processes in step; contributes nothing
             batch["labels"] = torch.full_like(batch["labels"], IGNORE_INDEX)
-            batch["attention_mask"] = torch.zeros_like(batch["attention_mask"])
-            batch["attention_mask"][:, 0] = 1
         return batch
 
     def to_device(self, batch: Batch) -> Batch:

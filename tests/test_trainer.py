@@ -84,9 +84,8 @@ def test_the_loop_equals_a_plain_reference_loop(tiny_model_dir: Path, tmp_path: 
     np.testing.assert_allclose([r["loss"] for r in records], losses, rtol=1e-6)
     np.testing.assert_allclose([r["lr"] for r in records], rates, rtol=1e-12)
     assert rates[0] == 0 and rates[2] == pytest.approx(3e-3)  # warm-up, then decay
-    for name, parameter in reference.state_dict().items():
-        if name in weights:
-            assert relative_error(weights[name], parameter) < 1e-6, name
+    expected = {name: value for name, value in reference.state_dict().items() if name in weights}
+    assert_same_weights(weights, expected, 1e-6)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

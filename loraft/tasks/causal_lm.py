@@ -103,6 +103,11 @@ class CausalLMTask(Task):
         return kept
 
     def collate(self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> Batch:
+        """Packed rows of `data.max_length` tokens (`data.packing`), or one padded row each."""
+        from loraft.packing import pack_examples
+
+        if self.recipe.data.packing:
+            return pack_examples(features, self.recipe.data.max_length, tokenizer.pad_token_id)
         return pad_right(features, tokenizer.pad_token_id)
 
     def count_targets(self, batch: Batch) -> int:
@@ -178,10 +183,22 @@ def score_generations(hypotheses: list[str], references: list[str], metrics: lis
 
 
 def per_example_token_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of next-token losses, number of predicted tokens) for each example of a batch."""
+    """(sum of next-token losses, number of predicted tokens) for each example of a batch,
+    packed or not."""
+    import torch
+
     losses = token_losses(model, batch)
-    targets = batch["labels"][:, 1:]
-    return losses.sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1).double()
+    counted = batch["labels"][:, 1:] != IGNORE_INDEX
+    if "example_ids" not in batch:
+        return losses.sum(dim=1), counted.sum(dim=1).double()
+    owners = batch["example_ids"][:, 1:]  # a loss belongs to the example of the token it predicts
+    examples = int(batch["example_ids"].max()) + 1
+    keep = owners >= 0
+    sums = torch.zeros(examples, dtype=losses.dtype, device=losses.device).index_add_(
+        0, owners[keep], losses[keep]
+    )
+    counts = torch.zeros(examples, dtype=torch.float64, device=losses.device)
+    return sums, counts.index_add_(0, owners[keep], counted[keep].double())
 
 
 def token_losses(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -192,11 +209,26 @@ def token_losses(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """
     import torch.nn.functional as F
 
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = model(**model_inputs(model, batch)).logits
     shifted = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
     targets = batch["labels"][:, 1:].reshape(-1)
     losses = F.cross_entropy(shifted, targets, ignore_index=IGNORE_INDEX, reduction="none")
     return losses.view(logits.shape[0], -1)
+
+
+def model_inputs(model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+    """The model's arguments for a padded or a packed batch."""
+    import torch
+
+    from loraft.packing import block_causal_mask
+
+    if "example_ids" not in batch:
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    dtype = next(model.parameters()).dtype
+    if torch.is_autocast_enabled(batch["input_ids"].device.type):
+        dtype = torch.get_autocast_dtype(batch["input_ids"].device.type)
+    mask = block_causal_mask(batch["example_ids"], dtype)
+    return {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": batch["position_ids"]}
 
 
 def pad_right(features: list[dict[str, Any]], pad_token_id: int) -> Batch:

@@ -252,7 +252,7 @@ class ClassificationTask(Task):
         from torch.utils.data import DataLoader
 
         features = self.tokenize(rows, tokenizer)
-        batch_size = self.recipe.train.eval_batch_size or self.recipe.train.batch_size
+        batch_size = self.recipe.eval_batch_size
         loader = DataLoader(features, batch_size=batch_size, collate_fn=lambda f: self.collate(f, tokenizer))
         device = next(model.parameters()).device
         model.eval()
