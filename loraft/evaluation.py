@@ -22,6 +22,7 @@ def evaluate_run(
     from accelerate import Accelerator
 
     from loraft.checkpoint import load_trained_model
+    from loraft.system import resolve_precision
     from loraft.tasks import build_task
     from loraft.training import eval_loader_for, evaluate
 
@@ -34,9 +35,8 @@ def evaluate_run(
     _, eval_rows = task.rows()
     model, tokenizer = load_trained_model(run, checkpoint, recipe)
     eval_set = task.with_targets(task.tokenize(eval_rows, tokenizer), "evaluation")
-    accelerator = Accelerator(
-        mixed_precision="no" if recipe.train.precision == "fp32" else recipe.train.precision
-    )
+    precision = resolve_precision(recipe.train.precision)
+    accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision)
     model, loader = accelerator.prepare(model, eval_loader_for(recipe, task, eval_set, tokenizer))
     metrics = evaluate(model, task, loader, accelerator)
     output = run.output_folder(checkpoint)

@@ -125,7 +125,10 @@ class TrainSection(Section):
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of steps of linear warm-up")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; null: off")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="mixed precision")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: bf16 where matmul is native (Ampere+ GPUs, CPUs with AMX/avx512_bf16), else fp32",
+    )
     seed: int = Field(42, description="seeds initialisation, dropout and the order of batches")
     eval_every: int | None = Field(None, ge=1, description="evaluate every N steps; null: per epoch")
     save_every: int | None = Field(
@@ -137,6 +140,9 @@ class TrainSection(Section):
     )
     log_every: int = Field(10, ge=1, description="write metrics.jsonl every N steps")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
+    compile: bool = Field(
+        False, description="torch.compile the model: minutes to compile, faster steps after"
+    )
     trackers: list[Literal[TRACKERS]] = Field(
         default_factory=list, description="loggers besides metrics.jsonl: tensorboard, wandb"
     )

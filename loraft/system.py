@@ -12,6 +12,23 @@ import transformers
 from accelerate import Accelerator
 
 
+def resolve_precision(precision: str) -> str:
+    """`auto` -> bf16 where bf16 matmul is native (so it is faster), fp32 elsewhere.
+
+    On a CPU with AVX2 only, bf16 is emulated and about 100x slower than fp32.
+    """
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    """avx512_bf16 or AMX: bf16 matmul in hardware."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory of this process: max allocated on CUDA, else the process's peak RSS."""
     if device.type == "cuda":

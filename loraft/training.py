@@ -34,7 +34,7 @@ from loraft.model import (
 )
 from loraft.recipe import BUDGET_KEYS, Recipe
 from loraft.run_dir import RunDirectory
-from loraft.system import environment_facts
+from loraft.system import cpu_has_native_bf16, environment_facts, resolve_precision
 from loraft.tasks import build_task
 from loraft.tasks.base import Task
 from loraft.tokenizer import load_tokenizer
@@ -59,7 +59,8 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
     roots = data_roots(data_root)
     check_recipe(recipe, roots)
     require_trackers(recipe.train.trackers)
-    accelerator = make_accelerator(recipe)
+    precision = resolve_precision(recipe.train.precision)
+    accelerator = make_accelerator(recipe, precision)
     state = resume_point(recipe, overwrite)
     set_seed(recipe.train.seed)
     task = build_task(recipe, roots)
@@ -68,7 +69,7 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
     model = apply_method(base, recipe, task.kind)
     trainable, total = count_parameters(model)
     accelerator.print(describe_parameters(trainable, total))
-    warn_about_slow_precision(recipe.train.precision, accelerator)
+    warn_about_slow_precision(precision, accelerator)
     if recipe.train.gradient_checkpointing:
         # Non-reentrant checkpointing: gradients reach LoRA weights behind frozen embeddings.
         model.activation_checkpointing_enable({"use_reentrant": False})
@@ -98,7 +99,7 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
         "final_eval": final_eval,
         "best_metric": trainer.metric,
         "best_eval": best_eval,
-        **environment_facts(accelerator, recipe.train.precision),
+        **environment_facts(accelerator, precision),
     }
     if run is not None:
         run.write_summary(summary)
@@ -112,7 +113,7 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
 # --- set-up -----------------------------------------------------------------------------
 
 
-def make_accelerator(recipe: Recipe) -> Accelerator:
+def make_accelerator(recipe: Recipe, precision: str) -> Accelerator:
     from accelerate.state import AcceleratorState
 
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
@@ -122,7 +123,8 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     # gradient_accumulation_steps stays 1: the trainer normalises the loss itself (token-exact).
     return Accelerator(
         cpu=multi_process_cpu(),
-        mixed_precision="no" if recipe.train.precision == "fp32" else recipe.train.precision,
+        mixed_precision="no" if precision == "fp32" else precision,
+        dynamo_backend="inductor" if recipe.train.compile else "no",
     )
 
 
@@ -261,11 +263,11 @@ def resume_trainer(trainer: Trainer, state: Path) -> None:
 
 def warn_about_slow_precision(precision: str, accelerator: Accelerator) -> None:
     """bf16 on a CPU without native support is emulated: often 10x slower than fp32."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    if accelerator.device.type == "cpu" and precision != "fp32" and "AVX512" not in capability:
+    if accelerator.device.type == "cpu" and precision != "fp32" and not cpu_has_native_bf16():
+        capability = torch.backends.cpu.get_cpu_capability()
         accelerator.print(
-            f"warning: train.precision={precision} on a CPU with {capability} only (no native "
-            "16-bit matmul): expect it to be much slower than fp32"
+            f"warning: train.precision={precision} on a CPU with {capability} and no avx512_bf16 or AMX "
+            "(bf16 is emulated): expect it to be much slower than fp32; train.precision=auto picks fp32"
         )
 
 

@@ -329,6 +329,7 @@ def majority_share(relative: str, column: str) -> float:
 # A GPT-2 of 2 layers trained from scratch, with a BPE trained on the task's own rows: the
 # way to learn something real from random weights in seconds.
 SCRATCH = [
+    "train.precision=fp32",
     "model.name=null",
     "model.config={n_layer: 2, n_head: 2, n_embd: 64, n_positions: 128}",
     "model.tokenizer_vocab_size=2000",

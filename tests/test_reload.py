@@ -20,6 +20,7 @@ SCRATCH_MODEL = [
     "model.tokenizer_vocab_size=400",
 ]
 QUICK = [
+    "train.precision=fp32",
     "train.max_steps=8",
     "train.eval_every=4",
     "train.lr=1e-2",

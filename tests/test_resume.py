@@ -21,6 +21,7 @@ from loraft.training import train_recipe
 # A from-scratch model with dropout: the resumed run must also restore the RNG, the saved base
 # and the tokenizer trained on the data.
 SCRATCH = [
+    "train.precision=fp32",
     "model.config.n_layer=1",
     "model.config.n_embd=32",
     "model.config.dropout=0.1",
@@ -83,6 +84,7 @@ def test_ctrl_c_saves_the_state_says_how_to_resume_and_resume_matches(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     common = [
+        "train.precision=fp32",
         f"model.name={tiny_model_dir}",
         "data.max_length=48",
         "eval.generate=false",
