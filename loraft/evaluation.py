@@ -41,7 +41,7 @@ def evaluate_run(
     metrics = evaluate(model, task, loader, accelerator)
     output = run.output_folder(checkpoint)
     output.mkdir(exist_ok=True)
-    metrics.update(task.final_evaluation(accelerator.unwrap_model(model), tokenizer, output))
+    metrics.update(task.final_evaluation(lambda: accelerator.unwrap_model(model), tokenizer, output))
     return {"checkpoint": checkpoint, **metrics}
 
 

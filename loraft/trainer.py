@@ -222,6 +222,7 @@ class Trainer:
                 "loss": progress.window_loss / max(progress.window_targets, 1),
                 "lr": result.lr,
                 "grad_norm": result.grad_norm,
+                "tokens": progress.train_tokens,  # non-padding, since the start of the run
                 "tokens_per_s": rate,
             }
             self.log(record)

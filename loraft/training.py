@@ -279,23 +279,31 @@ def final_metrics(
 ) -> tuple[dict, dict]:
     """The last model and the best checkpoint, each on the whole eval set (periodic evaluations
     may use a sample); generation scores and prediction files come from the best checkpoint,
-    as `loraft eval` reproduces them."""
+    as `loraft eval` reproduces them. The best checkpoint is read back only if it is needed and
+    is not the model in memory (a second copy of a full model is a second peak of memory)."""
     recipe, accelerator, progress = trainer.recipe, trainer.accelerator, trainer.progress
     tick = time.perf_counter()
-    final, best, best_model = progress.last_eval, dict(progress.best_eval), None
+    final, best = progress.last_eval, dict(progress.best_eval)
+    in_memory = progress.best_step == progress.step and accelerator.num_processes == 1
+    loaded: list[torch.nn.Module] = []
+
+    def best_model() -> torch.nn.Module:
+        if in_memory:
+            return accelerator.unwrap_model(trainer.model)
+        if not loaded:
+            loaded.append(
+                load_trained_model(RunDirectory(recipe.run_dir), "best", recipe)[0].to(accelerator.device)
+            )
+        return loaded[0]
+
     if len(trainer.eval_loader.dataset) < len(eval_set):
         loader = accelerator.prepare(eval_loader_for(recipe, task, eval_set, tokenizer))
         final = {"step": progress.step, **evaluate(trainer.model, task, loader, accelerator)}
         if progress.best_step == progress.step:
             best = dict(final)
         elif progress.best_step is not None:
-            best_model, _ = load_trained_model(RunDirectory(recipe.run_dir), "best", recipe)
-            best_model.to(accelerator.device)
-            best = {"step": progress.best_step, **evaluate(best_model, task, loader, accelerator)}
+            best = {"step": progress.best_step, **evaluate(best_model(), task, loader, accelerator)}
     if progress.best_step is not None and run is not None:
-        if best_model is None:
-            best_model, _ = load_trained_model(run, "best", recipe)
-            best_model.to(accelerator.device)
         best.update(task.final_evaluation(best_model, tokenizer, run.path))
     progress.eval_s += time.perf_counter() - tick
     accelerator.wait_for_everyone()

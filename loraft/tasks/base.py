@@ -8,7 +8,7 @@ calls the methods below and nothing else.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -145,7 +145,7 @@ class Task(ABC):
         """Metrics on the eval split, named `eval_*`; runs under inference mode."""
 
     def final_evaluation(
-        self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, output: Path
+        self, model: Callable[[], torch.nn.Module], tokenizer: PreTrainedTokenizerBase, output: Path
     ) -> dict:
         """Extra end-of-run metrics (generation scores, predictions files); none by default."""
         return {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
@@ -56,7 +57,7 @@ class CausalLMTask(Task):
         return continuation.strip()
 
     def final_evaluation(
-        self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, output: Path
+        self, model: Callable[[], torch.nn.Module], tokenizer: PreTrainedTokenizerBase, output: Path
     ) -> dict:
         """Generate for held-out prompts and score against references (chrF, BLEU, distinct-n).
 
@@ -67,7 +68,7 @@ class CausalLMTask(Task):
         if not self.recipe.eval.generate:
             return {}
         cases = self.generation_cases()
-        continuations = generate(model, tokenizer, [c.prompt for c in cases], self.recipe.generation)
+        continuations = generate(model(), tokenizer, [c.prompt for c in cases], self.recipe.generation)
         hypotheses = [self.hypothesis(c, text) for c, text in zip(cases, continuations, strict=True)]
         references = [case.reference for case in cases]
         with (output / GENERATIONS_FILE).open("w", encoding="utf-8") as stream:

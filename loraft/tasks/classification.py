@@ -12,6 +12,7 @@ non-pad token" is then always the last attended token.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -230,7 +231,7 @@ class ClassificationTask(Task):
         )
 
     def final_evaluation(
-        self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, output: Path
+        self, model: Callable[[], torch.nn.Module], tokenizer: PreTrainedTokenizerBase, output: Path
     ) -> dict:
         """Predict `data.predict` with the model given and write `<output>/predictions.csv`."""
         from accelerate import PartialState
@@ -240,7 +241,7 @@ class ClassificationTask(Task):
         rows = to_dataset(
             self.rows_from_table(read_table(self.predict_path), labelled=False), str(self.predict_path)
         )
-        predicted = self.predict(model, rows, tokenizer)
+        predicted = self.predict(model(), rows, tokenizer)
         path = Path(output) / PREDICTIONS_FILE
         if PartialState().is_main_process:
             write_predictions(path, rows["id"], [self.labels[index] for index in predicted])

@@ -1,0 +1,393 @@
+"""loraft against TRL's SFTTrainer + PEFT (and transformers' Trainer for classification).
+
+The same work through each, alternating, every run in its own process (so peak memory is its
+own), on a GPT-2 small shape (124M parameters, random init: speed does not depend on the
+values) with one byte-level BPE for both, on real data from ../shared/data:
+
+  (a) AG News causal LM, batch 8, max length 128: LoRA r=8 on c_attn, and full fine-tuning;
+      TRL with its defaults, and with packing=True (its padding-free best-fit packing; alone,
+      padding_free=True refuses inputs longer than max_length)
+  (b) CFIMDB classification (reviews cut at 512 tokens), LoRA r=8: loraft against
+      transformers' Trainer (TRL has no classification trainer)
+  (c) evaluation (loss) over (a)'s 500 held-out articles
+
+Throughput is non-padding tokens per second over the steps after `--warmup` (evaluation:
+target tokens per second over the whole pass). The ceiling is the matmul peak measured here at
+the start divided by 6N FLOPs a token for full fine-tuning, 4N for LoRA (no weight gradients
+for frozen weights) and 2N for evaluation, N = 124,439,808. Both sides run in fp32 (TRL's
+default is bf16, which this CPU only emulates).
+
+    python benchmarks/vs_trl.py [--steps 8] [--warmup 2] [--workloads a,b,c] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+REPO = Path(__file__).resolve().parents[1]
+N_PARAMS = 124_439_808
+LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["c_attn"], "fan_in_fan_out": True}
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](args)))
+        return
+    import torch
+
+    peak = matmul_peak_gflops()
+    capability = torch.backends.cpu.get_cpu_capability()
+    with tempfile.TemporaryDirectory() as scratch:
+        model = Path(scratch) / "gpt2-small"
+        run_worker(args, "build", "--model", str(model))
+        results = []
+        for workload in args.workloads.split(","):
+            for group, name, worker, extra, flops in PLAN[workload]:
+                figures = run_worker(args, worker, "--model", str(model), "--scratch", scratch, *extra)
+                ceiling = peak * 1e9 / (flops * N_PARAMS)
+                results.append({"group": group, "setup": name, **figures, "ceiling": ceiling})
+    report = {
+        "cpu_capability": capability,
+        "matmul_peak_gflops": peak,
+        "threads": torch.get_num_threads(),
+        "results": results,
+    }
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8, help="measured optimizer steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="steps run before measuring")
+    parser.add_argument("--workloads", default="a,b,c")
+    parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--json", action="store_true", help="print one JSON object, no table")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", help=argparse.SUPPRESS)
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def run_worker(args: argparse.Namespace, worker: str, *extra: str) -> dict:
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        worker,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--data-root",
+        args.data_root,
+        *extra,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode:
+        raise SystemExit(f"{worker} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def matmul_peak_gflops() -> float:
+    """The best of a few fp32 2048 x 2048 matmuls: what this machine multiplies at most."""
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best = 0.0
+    for _ in range(8):
+        start = time.perf_counter()
+        a @ b
+        best = max(best, 2 * 2048**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+# --- the workers, each in its own process ---------------------------------------------------
+
+
+def build(args: argparse.Namespace) -> dict:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from loraft.tokenizer import train_byte_level_bpe
+
+    texts = (Path(args.data_root) / "ag_news" / "news.csv").read_text(encoding="utf-8").splitlines()[:3000]
+    tokenizer = train_byte_level_bpe(texts, vocab_size=8000)
+    config = GPT2Config(bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    GPT2LMHeadModel(config).save_pretrained(args.model)
+    tokenizer.save_pretrained(args.model)
+    return {}
+
+
+def loraft_train(args: argparse.Namespace) -> dict:
+    """`loraft train`, then the steady rate from its own metrics.jsonl (cumulative tokens/s)."""
+    recipe, overrides = ("news.yaml", NEWS) if args.variant == "news" else ("cfimdb-lora.yaml", CFIMDB)
+    run = Path(args.scratch) / f"loraft-{args.variant}-{args.method}"
+    steps = args.warmup + args.steps
+    command = [
+        sys.executable,
+        "-m",
+        "loraft",
+        "train",
+        str(REPO / "recipes" / recipe),
+        f"model.name={args.model}",
+        f"output_dir={run}",
+        f"method={args.method}",
+        f"train.max_steps={steps}",
+        "train.log_every=1",
+        "train.precision=fp32",
+        "eval.at_start=false",
+        "eval.generate=false",
+        "train.save_every=100000",
+        "train.eval_every=100000",
+        *overrides,
+        "--data-root",
+        args.data_root,
+        "--overwrite",
+    ]
+    subprocess.run(command, check=True, capture_output=True, cwd=REPO)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = {record["step"]: record for record in records if record["kind"] == "train"}
+    start, end = train[args.warmup], train[steps]
+    seconds = end["tokens"] / end["tokens_per_s"] - start["tokens"] / start["tokens_per_s"]
+    summary = json.loads((run / "summary.json").read_text())
+    return {"tokens_per_s": (end["tokens"] - start["tokens"]) / seconds, "peak_mb": summary["peak_memory_mb"]}
+
+
+def loraft_eval(args: argparse.Namespace) -> dict:
+    """The step-0 evaluation of the news run over all 500 held-out articles."""
+    run = Path(args.scratch) / "loraft-eval"
+    command = [
+        sys.executable,
+        "-m",
+        "loraft",
+        "train",
+        str(REPO / "recipes" / "news.yaml"),
+        f"model.name={args.model}",
+        f"output_dir={run}",
+        "method=full",
+        "train.max_steps=1",
+        "train.precision=fp32",
+        "eval.generate=false",
+        "data.max_length=128",
+        "train.batch_size=8",
+        "--data-root",
+        args.data_root,
+        "--overwrite",
+    ]
+    subprocess.run(command, check=True, capture_output=True, cwd=REPO)
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    return {"tokens_per_s": first["eval_tokens"] / first["seconds"], "peak_mb": None}
+
+
+def trl_train(args: argparse.Namespace) -> dict:
+    """TRL's SFTTrainer (+ PEFT for LoRA) on the same articles, its defaults but fp32."""
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    train, _ = news_texts(args)
+    options = {"packing": args.variant == "packing"}  # TRL packs best-fit-decreasing, padding-free
+    config = SFTConfig(
+        output_dir=str(Path(args.scratch) / f"trl-{args.method}-{args.variant}"),
+        per_device_train_batch_size=8,
+        max_length=128,
+        max_steps=args.warmup + args.steps,
+        learning_rate=2e-4 if args.method == "lora" else 5e-5,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        dataloader_num_workers=0,
+        **options,
+    )
+    peft = LoraConfig(task_type="CAUSAL_LM", **LORA) if args.method == "lora" else None
+    clock = StepClock(args.warmup)
+    trainer = SFTTrainer(
+        model=args.model, args=config, train_dataset=train, peft_config=peft, callbacks=[clock]
+    )
+    clock.watch(trainer)
+    trainer.train()
+    return {"tokens_per_s": clock.rate(), "peak_mb": peak_rss_mb()}
+
+
+def trl_eval(args: argparse.Namespace) -> dict:
+    """SFTTrainer.evaluate over the same 500 articles: target tokens per second."""
+    from trl import SFTConfig, SFTTrainer
+
+    train, evaluation = news_texts(args)
+    config = SFTConfig(
+        output_dir=str(Path(args.scratch) / "trl-eval"),
+        per_device_eval_batch_size=8,
+        max_length=128,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+    )
+    trainer = SFTTrainer(model=args.model, args=config, train_dataset=train, eval_dataset=evaluation)
+    tokens = sum(max(len(ids) - 1, 0) for ids in trainer.eval_dataset["input_ids"])
+    start = time.perf_counter()
+    trainer.evaluate()
+    return {"tokens_per_s": tokens / (time.perf_counter() - start), "peak_mb": None}
+
+
+def hf_classify(args: argparse.Namespace) -> dict:
+    """transformers' Trainer + PEFT on CFIMDB, batch 8, reviews cut at 512 tokens."""
+    import datasets
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
+
+    from loraft.data import read_table
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer.pad_token = tokenizer.eos_token
+    rows = read_table(Path(args.data_root) / "cs224n" / "ids-cfimdb-train.csv").rows
+    table = datasets.Dataset.from_list([{"text": r["sentence"], "label": int(r["sentiment"])} for r in rows])
+    table = table.map(
+        lambda row: tokenizer(row["text"], truncation=True, max_length=512), remove_columns=["text"]
+    )
+    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", **LORA))
+    config = TrainingArguments(
+        output_dir=str(Path(args.scratch) / "hf-cls"),
+        per_device_train_batch_size=8,
+        max_steps=args.warmup + args.steps,
+        learning_rate=5e-4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        dataloader_num_workers=0,
+    )
+    clock = StepClock(args.warmup)
+    trainer = Trainer(
+        model=model,
+        args=config,
+        train_dataset=table,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=[clock],
+    )
+    clock.watch(trainer)
+    trainer.train()
+    return {"tokens_per_s": clock.rate(), "peak_mb": peak_rss_mb()}
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+NEWS = ["train.batch_size=8", "data.max_length=128", "data.train_size=2000", "data.eval_size=16"]
+CFIMDB = ["train.batch_size=8", "data.max_length=512", "data.predict=null", "data.eval_size=8"]
+
+
+def news_texts(args: argparse.Namespace):
+    """The news recipe's own training and evaluation articles (title, newline, description)."""
+    from loraft.recipe_files import load_recipe
+    from loraft.tasks import build_task
+
+    recipe = load_recipe(REPO / "recipes" / "news.yaml", ["data.train_size=2000"])
+    return build_task(recipe, [Path(args.data_root)]).rows()
+
+
+class StepClock(TrainerCallback):
+    """Times a Trainer's steps after the warm-up and counts the non-padding tokens they train on."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.tokens, self.started, self.ended = warmup, 0, None, None
+
+    def watch(self, trainer) -> None:
+        step = trainer.training_step
+
+        def counted(model, inputs, *rest, **options):
+            if trainer.state.global_step >= self.warmup:
+                mask = inputs.get("attention_mask")
+                self.tokens += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+            return step(model, inputs, *rest, **options)
+
+        trainer.training_step = counted
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        if state.global_step == self.warmup:
+            self.started = time.perf_counter()
+        self.ended = time.perf_counter()
+
+    def rate(self) -> float:
+        return self.tokens / (self.ended - self.started)
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def format_report(report: dict) -> str:
+    """One line a run; `x ref`: loraft's tokens/s over the first other tool's run of its group."""
+    lines = [
+        f"CPU {report['cpu_capability']}, {report['threads']} threads, fp32 matmul peak "
+        f"{report['matmul_peak_gflops']:.0f} GFLOP/s",
+        "",
+        f"{'setup':<36}{'tokens/s':>9}{'x ref':>7}{'peak MB':>9}{'ceiling':>9}{'share':>7}",
+    ]
+    reference: dict[str, float] = {}
+    for row in report["results"]:
+        if not row["setup"].startswith("loraft"):
+            reference.setdefault(row["group"], row["tokens_per_s"])
+    for row in report["results"]:
+        ours = row["setup"].startswith("loraft") and row["group"] in reference
+        ratio = f"{row['tokens_per_s'] / reference[row['group']]:.2f}" if ours else ""
+        memory = f"{row['peak_mb']:,.0f}" if row["peak_mb"] else "-"
+        lines.append(
+            f"{row['group'] + ': ' + row['setup']:<36}{row['tokens_per_s']:>9.1f}{ratio:>7}{memory:>9}"
+            f"{row['ceiling']:>9.0f}{row['tokens_per_s'] / row['ceiling']:>7.0%}"
+        )
+    return "\n".join(lines)
+
+
+WORKERS = {
+    "build": build,
+    "loraft-train": loraft_train,
+    "loraft-eval": loraft_eval,
+    "trl-train": trl_train,
+    "trl-eval": trl_eval,
+    "hf-classify": hf_classify,
+}
+# workload -> (group, setup, worker, arguments, FLOPs a token in units of N), run in this order
+PLAN = {
+    "a": [
+        ("a lora", "loraft", "loraft-train", ["--method", "lora", "--variant", "news"], 4),
+        ("a lora", "TRL defaults", "trl-train", ["--method", "lora", "--variant", "default"], 4),
+        ("a lora", "TRL packing", "trl-train", ["--method", "lora", "--variant", "packing"], 4),
+        ("a full", "loraft", "loraft-train", ["--method", "full", "--variant", "news"], 6),
+        ("a full", "TRL defaults", "trl-train", ["--method", "full", "--variant", "default"], 6),
+        ("a full", "TRL packing", "trl-train", ["--method", "full", "--variant", "packing"], 6),
+    ],
+    "b": [
+        ("b lora", "loraft", "loraft-train", ["--method", "lora", "--variant", "cfimdb"], 4),
+        ("b lora", "transformers Trainer", "hf-classify", ["--method", "lora"], 4),
+    ],
+    "c": [
+        ("c eval", "loraft", "loraft-eval", [], 2),
+        ("c eval", "TRL evaluate", "trl-eval", [], 2),
+    ],
+}
+
+if __name__ == "__main__":
+    main()
