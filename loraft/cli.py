@@ -207,17 +207,76 @@ def export(
 
 @app.command()
 def compare(
-    run_dirs: Annotated[list[Path], typer.Argument(help="finished run directories")],
-    plot: Annotated[Path | None, typer.Option(help="also write a PNG of curves and bars")] = None,
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories")],
+    out: Annotated[
+        Path | None, typer.Option(help="write comparison.md, comparison.csv and figures here")
+    ] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="the metric compared; default: the runs' eval.metric")
+    ] = None,
+    image_format: Annotated[str, typer.Option("--format", help="figure format: png, svg or pdf")] = "png",
     as_json: JsonFlag = False,
 ) -> None:
-    """Runs side by side: trainable %, time, tokens/s, peak memory and best metrics."""
-    from loraft.report import compare_runs, format_comparison, plot_comparison
+    """Runs side by side, seeds grouped, against full fine-tuning: trainable %, speed, memory, metric."""
+    from loraft.report import compare_runs, format_comparison, table_rows
 
-    rows = compare_runs(run_dirs)
-    typer.echo(json.dumps(rows, indent=2) if as_json else format_comparison(rows))
-    if plot is not None:
-        typer.echo(f"plot: {plot_comparison(run_dirs, rows, plot)}")
+    comparison = compare_runs(run_dirs, metric)
+    typer.echo(json.dumps(table_rows(comparison), indent=2) if as_json else format_comparison(comparison))
+    if out is not None:
+        _write_report(comparison, out, image_format)
+
+
+@app.command()
+def sweep(
+    recipe: RecipeArg,
+    overrides: Overrides = None,
+    grid: Annotated[
+        list[str] | None, typer.Option("--grid", help="KEY=V1,V2,... (repeatable: the cartesian grid)")
+    ] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="runs a point, train.seed = the recipe's + 0..N-1")] = 1,
+    out: Annotated[Path | None, typer.Option(help="folder of the runs; default: runs/sweep-<recipe>")] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="the metric compared; default: the runs' eval.metric")
+    ] = None,
+    image_format: Annotated[str, typer.Option("--format", help="figure format: png, svg or pdf")] = "png",
+    data_root: DataRoot = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="list the points with their plan; run nothing")
+    ] = False,
+) -> None:
+    """Run a grid of overrides (x seeds), one process a run; skip finished points on a rerun; compare."""
+    from loraft.sweep import parse_grid, plan_points, run_sweep, sweep_points
+
+    folder = out or Path("runs") / f"sweep-{recipe.stem}"
+    if dry_run:
+        points, notes = sweep_points(recipe, overrides or [], parse_grid(grid or []), seeds)
+        for note in notes:
+            typer.echo(f"note: {note}")
+        for row in plan_points(recipe, points):
+            typer.echo(
+                f"{row['name']}: {row['trainable_params']:,} trainable ({row['trainable_pct']:.4f}%), "
+                f"about {row['memory_mb']:,.0f} MiB"
+            )
+        return
+    points = run_sweep(recipe, overrides or [], parse_grid(grid or []), seeds, folder, data_root)
+    from loraft.report import compare_runs, format_comparison
+
+    comparison = compare_runs([folder / point.name for point in points], metric)
+    typer.echo(format_comparison(comparison))
+    _write_report(comparison, folder, image_format)
+    failed = [point.name for point in points if point.status == "failed"]
+    if failed:
+        raise LoraftError(
+            f"sweep: {len(failed)} of {len(points)} points failed ({', '.join(failed[:3])}); see above"
+        )
+
+
+def _write_report(comparison, out: Path, image_format: str) -> None:
+    from loraft.plots import write_plots
+    from loraft.report import write_tables
+
+    written = [*write_tables(comparison, out), *write_plots(comparison, out, image_format)]
+    typer.echo("wrote " + ", ".join(str(path) for path in written))
 
 
 @app.command()

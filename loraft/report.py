@@ -1,100 +1,245 @@
-"""`loraft compare`: runs side by side (LoRA against full, say) as a table and a plot."""
+"""`loraft compare`: finished runs side by side, seeds of one setting grouped, against full fine-tuning.
+
+A *point* is a run's recipe without its seed, name and folder: runs of one point are grouped
+and reported as mean and standard deviation. Runs that cannot be compared with the others
+(unfinished, another task or evaluation set, without the chosen metric) are named and left out.
+"""
 
 from __future__ import annotations
 
+import csv
+import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from loraft.errors import LoraftError
+from loraft.recipe import Recipe
 from loraft.run_dir import RunDirectory
 
-# (summary key, column title, format) of the comparison table.
-COLUMNS = [
-    ("method", "method", "{}"),
-    ("trainable_params", "trainable", "{:,d}"),
-    ("trainable_pct", "trainable %", "{:.4f}"),
-    ("wall_s", "wall s", "{:.1f}"),
-    ("train_tokens_per_s", "tokens/s", "{:,.0f}"),
-    ("peak_memory_mb", "peak MB", "{:,.0f}"),
-]
+# What makes two runs comparable: the same task, scored on the same examples.
+EVAL_SET_KEYS = ("task", "data.train", "data.eval", "data.eval_size", "data.eval_fraction", "data.seed")
+# What does not make another point: the seed, and where and under which name the run lives.
+SEED_KEYS = ("name", "output_dir", "description", "train.seed", "train.resume")
+# Summary figures reported for every point, with their titles.
+FIGURES = {
+    "trainable_params": "trainable",
+    "trainable_pct": "trainable %",
+    "wall_s": "wall s",
+    "train_tokens_per_s": "tokens/s",
+    "peak_memory_mb": "peak MB",
+}
 
 
-def compare_runs(run_dirs: list[str | Path]) -> list[dict]:
-    """One row per finished run: its summary figures and its best metrics."""
-    rows = []
+@dataclass
+class Point:
+    """The runs of one setting (its seeds) and their figures."""
+
+    label: str
+    method: str
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def values(self, key: str) -> list[float]:
+        return [run[key] for run in self.runs if isinstance(run.get(key), int | float)]
+
+    def mean(self, key: str) -> float | None:
+        values = self.values(key)
+        return statistics.fmean(values) if values else None
+
+    def std(self, key: str) -> float:
+        values = self.values(key)
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+@dataclass
+class Comparison:
+    metric: str
+    points: list[Point]
+    left_out: list[str]
+
+    @property
+    def full(self) -> Point | None:
+        """The full fine-tuning point the others are measured against, if there is one."""
+        return next((point for point in self.points if point.method == "full"), None)
+
+    def ratio(self, point: Point, key: str) -> float | None:
+        full = self.full
+        if full is None or not full.mean(key) or point.mean(key) is None:
+            return None
+        return point.mean(key) / full.mean(key)
+
+    def difference(self, point: Point) -> float | None:
+        full = self.full
+        if full is None or point.mean(self.metric) is None:
+            return None
+        return point.mean(self.metric) - full.mean(self.metric)
+
+
+def compare_runs(run_dirs: list[str | Path], metric: str | None = None) -> Comparison:
+    """Read every run, leave out the ones that cannot be compared, group seeds into points."""
+    loaded, left_out = [], []
     for run_dir in run_dirs:
-        run = RunDirectory.open(run_dir)
-        summary = run.read_summary()
-        best = {
-            key: value
-            for key, value in summary.get("best_eval", {}).items()
-            if isinstance(value, (int, float)) and key != "step"
-        }
-        fixed = {key: summary[key] for key, _, _ in COLUMNS}
-        rows.append({"run": str(run_dir), **fixed, "best_metric": summary.get("best_metric"), **best})
+        run = RunDirectory(run_dir)
+        if not run.is_run():
+            left_out.append(f"{run_dir}: not a loraft run")
+        elif not run.is_finished():
+            left_out.append(f"{run_dir}: unfinished (no summary.json)")
+        else:
+            loaded.append((run, run.read_recipe(), run.read_summary()))
+    if not loaded:
+        raise LoraftError("compare: no finished run to compare; " + "; ".join(left_out))
+    reference = _most_common([_eval_set(recipe) for _, recipe, _ in loaded])
+    metric = metric or loaded[0][2].get("best_metric", "eval_loss")
+    points: dict[str, Point] = {}
+    for run, recipe, summary in loaded:
+        if _eval_set(recipe) != reference:
+            left_out.append(f"{run.path}: another task or evaluation set ({_eval_set(recipe)[:3]})")
+            continue
+        row = run_row(run, recipe, summary)
+        if metric not in row:
+            left_out.append(f"{run.path}: has no {metric}")
+            continue
+        label = point_label(recipe)
+        points.setdefault(_point_key(recipe), Point(label, recipe.method)).runs.append(row)
+    return Comparison(metric, list(points.values()), left_out)
+
+
+def run_row(run: RunDirectory, recipe: Recipe, summary: dict) -> dict[str, Any]:
+    """A run's figures, its best-checkpoint metrics, and what it was."""
+    metrics = {
+        k: v for k, v in summary.get("best_eval", {}).items() if isinstance(v, int | float) and k != "step"
+    }
+    return {
+        "run": str(run.path),
+        "seed": recipe.train.seed,
+        "rank": recipe.lora.r if recipe.method == "lora" else None,
+        "targets": "+".join(recipe.lora.target_modules) if recipe.method == "lora" else None,
+        **{key: summary[key] for key in FIGURES},
+        **metrics,
+    }
+
+
+def point_label(recipe: Recipe) -> str:
+    """`full`, `head`, or `lora r=8 c_attn` (LoRA's rank and targets)."""
+    if recipe.method != "lora":
+        return recipe.method
+    return f"lora r={recipe.lora.r} {'+'.join(recipe.lora.target_modules)}"
+
+
+def _eval_set(recipe: Recipe) -> tuple:
+    flat = _flat(recipe)
+    return tuple(flat.get(key) for key in EVAL_SET_KEYS)
+
+
+def _point_key(recipe: Recipe) -> str:
+    flat = _flat(recipe)
+    if recipe.method != "lora":  # a rank means nothing without adapters
+        flat = {k: v for k, v in flat.items() if not k.startswith("lora.")}
+    return repr(sorted((k, repr(v)) for k, v in flat.items() if k not in SEED_KEYS))
+
+
+def _flat(recipe: Recipe) -> dict[str, Any]:
+    from loraft.recipe import _flatten
+
+    return _flatten(recipe.model_dump(mode="json"))
+
+
+def _most_common(keys: list[tuple]) -> tuple:
+    """The key most runs share; on a tie, the first run's."""
+    return max(keys, key=keys.count)
+
+
+# --- tables -------------------------------------------------------------------------------
+
+
+def table_rows(comparison: Comparison) -> list[dict[str, Any]]:
+    """One row per point: means, standard deviations, and ratios to full fine-tuning."""
+    rows = []
+    metric = comparison.metric
+    for point in comparison.points:
+        row: dict[str, Any] = {"point": point.label, "runs": len(point.runs)}
+        for key in FIGURES:
+            row[key] = point.mean(key)
+        row[metric] = point.mean(metric)
+        row[f"{metric}_std"] = point.std(metric)
+        for key in ("trainable_params", "wall_s", "train_tokens_per_s", "peak_memory_mb"):
+            row[f"{key}_vs_full"] = comparison.ratio(point, key)
+        row[f"{metric}_minus_full"] = comparison.difference(point)
+        rows.append(row)
     return rows
 
 
-def format_comparison(rows: list[dict], width: int = 100) -> str:
-    """A plain-text table no wider than `width`: the fixed columns, then the metrics all runs
-    share, the runs' own best metric first, as many as fit (`--json` has them all)."""
-    shared = [key for key in rows[0] if key.startswith(("eval_", "gen_")) and all(key in r for r in rows)]
-    shared.sort(key=lambda key: key != rows[0].get("best_metric"))
-    names = [Path(row["run"]).name[:24] for row in rows]
-    header = ["run", *(title for _, title, _ in COLUMNS)]
-    body = [
-        [name, *(fmt.format(row[key]) for key, _, fmt in COLUMNS)]
-        for name, row in zip(names, rows, strict=True)
+def format_comparison(comparison: Comparison) -> str:
+    """A plain-text table under 100 columns (comparison.csv and .md hold every figure)."""
+    metric = comparison.metric.removeprefix("eval_")
+    header = ["point", "runs", "trainable %", "tokens/s", "peak MB", "wall s", metric, "vs full"]
+    lines = [header]
+    for row in table_rows(comparison):
+        value, spread = row[comparison.metric], row[f"{comparison.metric}_std"]
+        difference = row[f"{comparison.metric}_minus_full"]
+        lines.append(
+            [
+                row["point"][:28],
+                str(row["runs"]),
+                f"{row['trainable_pct']:.4f}",
+                f"{row['train_tokens_per_s']:,.0f}",
+                f"{row['peak_memory_mb']:,.0f}",
+                f"{row['wall_s']:.1f}",
+                f"{value:.4f} ± {spread:.4f}",
+                "" if difference is None else f"{difference:+.4f}",
+            ]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in lines
     ]
-    for key in shared:
-        column = [key.removeprefix("eval_"), *(_metric(row[key]) for row in rows)]
-        if _table_width([*zip(header, *body, strict=True), column]) > width:
-            break
-        header.append(column[0])
-        for line, value in zip(body, column[1:], strict=True):
-            line.append(value)
-    widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(str(c).rjust(w) for c, w in zip(line, widths, strict=True)) for line in [header, *body]
-    )
+    return "\n".join(text + [f"left out: {reason}" for reason in comparison.left_out])
 
 
-def _metric(value: float | int) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def _table_width(columns: list) -> int:
-    return sum(max(len(str(cell)) for cell in column) + 2 for column in columns) - 2
-
-
-def plot_comparison(run_dirs: list[str | Path], rows: list[dict], output: Path) -> Path:
-    """Eval loss over steps, and bars of trainable %, tokens/s and peak memory, in one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 4, figsize=(18, 4))
-    names = [Path(row["run"]).name for row in rows]
-    for run_dir, name in zip(run_dirs, names, strict=True):
-        evals = [r for r in RunDirectory.open(run_dir).read_metrics() if "eval_loss" in r]
-        axes[0].plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], marker="o", label=name)
-    axes[0].set(title="eval loss", xlabel="optimizer step")
-    axes[0].legend()
-    for axis, (key, title) in zip(
-        axes[1:],
-        [
-            ("trainable_pct", "trainable parameters (%)"),
-            ("train_tokens_per_s", "training tokens/s"),
-            ("peak_memory_mb", "peak memory (MB)"),
-        ],
-        strict=True,
-    ):
-        axis.bar(names, [row[key] for row in rows], color=[f"C{i}" for i in range(len(rows))])
-        axis.set_title(title)
-        axis.tick_params(axis="x", rotation=20)
-    if all(row["trainable_pct"] > 0 for row in rows):
-        axes[1].set_yscale("log")  # 0.1% next to 100% is unreadable on a linear axis
-    figure.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=110)
-    plt.close(figure)
-    return output
+def write_tables(comparison: Comparison, out: Path) -> list[Path]:
+    """`comparison.csv` (every figure of every point) and `comparison.md` (the readable table)."""
+    rows = table_rows(comparison)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "comparison.csv").open("w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    metric = comparison.metric
+    ratio_keys = ("trainable_params", "wall_s", "train_tokens_per_s", "peak_memory_mb")
+    header = [
+        "point",
+        "runs",
+        "trainable params",
+        "trainable %",
+        "tokens/s",
+        "peak MB",
+        "wall s",
+        metric,
+        "vs full",
+        "params vs full",
+        "time vs full",
+        "tokens/s vs full",
+        "memory vs full",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for row in rows:
+        difference = row[f"{metric}_minus_full"]
+        cells = [
+            row["point"],
+            str(row["runs"]),
+            f"{row['trainable_params']:,.0f}",
+            f"{row['trainable_pct']:.4f}",
+            f"{row['train_tokens_per_s']:,.0f}",
+            f"{row['peak_memory_mb']:,.0f}",
+            f"{row['wall_s']:.1f}",
+            f"{row[metric]:.4f} ± {row[f'{metric}_std']:.4f}",
+            "" if difference is None else f"{difference:+.4f}",
+            *("" if row[f"{k}_vs_full"] is None else f"{row[f'{k}_vs_full']:.3g}x" for k in ratio_keys),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [f"\nLeft out: {reason}" for reason in comparison.left_out]
+    (out / "comparison.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return [out / "comparison.csv", out / "comparison.md"]

@@ -147,6 +147,11 @@ def resume_point(recipe: Recipe, overwrite: bool) -> Path | None:
                 f"--resume: {run.path} was trained with another recipe ({difference}, now vs then); "
                 "only train.max_steps and train.epochs may change"
             )
+        if run.is_finished() and not recipe.first_difference(saved, ignore=("train.resume",)):
+            raise LoraftError(
+                f"--resume: {run.path} has finished its {run.read_summary().get('steps')} steps; "
+                "raise train.max_steps or train.epochs to train further"
+            )
         return states[-1]
     if mode is True:
         why = "is not a loraft run" if not run.is_run() else "has no saved training state yet"
@@ -247,10 +252,10 @@ def resume_trainer(trainer: Trainer, state: Path) -> None:
     known = {f.name for f in fields(Progress)}
     trainer.progress = Progress(**{k: v for k, v in counters.items() if k in known})
     trainer.wall_before = trainer.progress.wall_s
-    if trainer.progress.step >= trainer.total_steps:
+    if trainer.progress.step > trainer.total_steps:
         raise LoraftError(
-            f"--resume: the run already trained {trainer.progress.step} of {trainer.total_steps} steps; "
-            "raise train.max_steps or train.epochs to train further"
+            f"--resume: the run already trained {trainer.progress.step} steps, more than the "
+            f"{trainer.total_steps} the recipe asks now; raise train.max_steps or train.epochs"
         )
     # A changed budget changes the schedule: the next step's rate follows the new one.
     scheduler = trainer.scheduler

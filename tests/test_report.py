@@ -1,33 +1,195 @@
-"""`loraft compare`: the side-by-side table and plot of finished runs."""
+"""`loraft sweep` and `loraft compare`: the grid, skip and resume, failures, seeds grouped,
+ratios to full fine-tuning, runs that cannot be compared, tables and figures."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import json
-import re
+import shutil
+import statistics
 from pathlib import Path
 
-from typer.testing import CliRunner
+import pytest
+from conftest import RECIPES
 
-from loraft.cli import app
-from loraft.report import compare_runs, format_comparison
+from loraft.cli import run as run_cli
+from loraft.errors import LoraftError
+from loraft.plots import write_plots
+from loraft.report import compare_runs, format_comparison, table_rows, write_tables
+from loraft.run_dir import RunDirectory
+from loraft.sweep import parse_grid, run_sweep, sweep_points
 
-
-def test_compare_puts_lora_and_full_side_by_side(runs: dict[str, Path], tmp_path: Path) -> None:
-    rows = compare_runs([runs["lora"], runs["full"]])
-    assert [row["method"] for row in rows] == ["lora", "full"]
-    assert rows[0]["trainable_pct"] < 10 < rows[1]["trainable_pct"] == 100
-    for row, run in zip(rows, (runs["lora"], runs["full"]), strict=True):
-        summary = json.loads((run / "summary.json").read_text())
-        assert row["eval_loss"] == summary["best_eval"]["eval_loss"]
-        assert row["peak_memory_mb"] == summary["peak_memory_mb"]
-    table = format_comparison(rows).splitlines()
-    assert table[0].split()[:3] == ["run", "method", "trainable"] and len(table) == 3
-    assert re.split(r"\s{2,}", table[0].strip())[7] == "loss"  # the best metric, after the fixed ones
-    assert max(len(line) for line in table) <= 100
+GRID = parse_grid(["method=lora,full", "lora.r=1,2"])
 
 
-def test_compare_command_writes_a_plot(runs: dict[str, Path], tmp_path: Path) -> None:
-    plot = tmp_path / "compare.png"
-    result = CliRunner().invoke(app, ["compare", str(runs["lora"]), str(runs["full"]), "--plot", str(plot)])
-    assert result.exit_code == 0, result.output
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
+def in_process(arguments: list[str]) -> tuple[int, str]:
+    """The sweep's launcher, in this process (the real one starts `python -m loraft`)."""
+    errors = io.StringIO()
+    with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
+        code = run_cli(arguments)
+    return code, errors.getvalue().strip().splitlines()[-1].removeprefix("error: ") if code else ""
+
+
+def quick(tiny_model_dir: Path) -> list[str]:
+    return [
+        f"model.name={tiny_model_dir}",
+        "train.precision=fp32",
+        "train.max_steps=4",
+        "train.eval_every=2",
+        "train.lr=1e-2",
+        "data.max_length=48",
+        "eval.generate=false",
+    ]
+
+
+@pytest.fixture(scope="module")
+def sweep(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    out = tmp_path_factory.mktemp("sweep")
+    points = run_sweep(
+        RECIPES / "joker.yaml", quick(tiny_model_dir), GRID, 2, out, launch=in_process, report=print
+    )
+    return out, points
+
+
+def test_the_grid_runs_each_distinct_point_for_each_seed(sweep: tuple[Path, list]) -> None:
+    out, points = sweep
+    names = sorted(point.name for point in points)
+    assert names == sorted(
+        f"joker_method-{m}_seed-{s}" for m in ["lora_r-1", "lora_r-2", "full"] for s in (42, 43)
+    )
+    assert {point.status for point in points} == {"finished"}
+    recorded = json.loads((out / "sweep.json").read_text())
+    assert [row["status"] for row in recorded] == ["finished"] * 6
+
+
+def test_a_rank_with_full_fine_tuning_runs_once_with_a_note(tiny_model_dir: Path) -> None:
+    points, notes = sweep_points(RECIPES / "joker.yaml", quick(tiny_model_dir), GRID, 1)
+    assert len(points) == 3 and notes == [
+        "method=full lora.r=2 is the same run as method=full lora.r=1 "
+        "(lora.* means nothing for method full): run once"
+    ]
+    assert parse_grid(["lora.target_modules=[c_attn],[c_attn,c_proj]"]) == [
+        ("lora.target_modules", ["[c_attn]", "[c_attn,c_proj]"])
+    ]
+    with pytest.raises(LoraftError, match="--grid lora.r=0: .*lora.r"):
+        sweep_points(RECIPES / "joker.yaml", [], parse_grid(["lora.r=0"]), 1)
+
+
+def test_the_report_groups_seeds_and_measures_against_full(sweep: tuple[Path, list], tmp_path: Path) -> None:
+    out, points = sweep
+    comparison = compare_runs(sorted(out / point.name for point in points))
+    rows = {row["point"]: row for row in table_rows(comparison)}
+    assert set(rows) == {"lora r=1 c_attn", "lora r=2 c_attn", "full"} and comparison.metric == "eval_loss"
+    for label, row in rows.items():
+        summaries = [
+            json.loads((Path(run["run"]) / "summary.json").read_text())
+            for point in comparison.points
+            if point.label == label
+            for run in point.runs
+        ]
+        losses = [summary["best_eval"]["eval_loss"] for summary in summaries]
+        assert row["runs"] == 2 and row["eval_loss"] == pytest.approx(statistics.fmean(losses))
+        assert row["eval_loss_std"] == pytest.approx(statistics.stdev(losses))
+        assert row["peak_memory_mb"] == pytest.approx(
+            statistics.fmean(s["peak_memory_mb"] for s in summaries)
+        )
+    full, lora = rows["full"], rows["lora r=1 c_attn"]
+    assert lora["trainable_params_vs_full"] == pytest.approx(
+        lora["trainable_params"] / full["trainable_params"]
+    )
+    assert lora["eval_loss_minus_full"] == pytest.approx(lora["eval_loss"] - full["eval_loss"])
+    assert full["wall_s_vs_full"] == pytest.approx(1.0)
+    assert max(len(line) for line in format_comparison(comparison).splitlines()) <= 100
+    written = write_tables(comparison, tmp_path) + write_plots(comparison, tmp_path)
+    assert [path.name for path in written] == [
+        "comparison.csv",
+        "comparison.md",
+        "frontier.png",
+        "curves.png",
+        "resources.png",
+    ]
+    for figure in written[2:]:
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and 10_000 < figure.stat().st_size < 200_000
+    with (tmp_path / "comparison.csv").open() as stream:
+        assert len(list(csv.DictReader(stream))) == 3
+    assert "| lora r=2 c_attn | 2 |" in (tmp_path / "comparison.md").read_text()
+    with pytest.raises(LoraftError, match="--format: 'bmp' is not one of png, svg, pdf"):
+        write_plots(comparison, tmp_path, "bmp")
+
+
+def test_runs_that_cannot_be_compared_are_named_and_left_out(
+    sweep: tuple[Path, list], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out, points = sweep
+    unfinished = RunDirectory.create(tmp_path / "unfinished")
+    unfinished.write_recipe(RunDirectory(out / points[0].name).read_recipe())
+    other_task = tmp_path / "classifier"
+    data = tmp_path / "d.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"text {i}\t{i % 2}\n" for i in range(20)))
+    assert (
+        in_process(
+            [
+                "train",
+                str(RECIPES / "sst-lora.yaml"),
+                *quick(tiny_model_dir),
+                f"output_dir={other_task}",
+                f"data.train={data}",
+                "data.eval=null",
+                "data.predict=null",
+                "data.columns={text: sentence}",
+                "data.labels=['0', '1']",
+                "eval.metric=eval_loss",
+            ]
+        )[0]
+        == 0
+    )
+    comparison = compare_runs([out / points[0].name, unfinished.path, other_task, tmp_path / "nothing"])
+    assert [point.label for point in comparison.points] == ["lora r=1 c_attn"]
+    reasons = "\n".join(comparison.left_out)
+    assert f"{unfinished.path}: unfinished (no summary.json)" in reasons
+    assert f"{other_task}: another task or evaluation set" in reasons
+    assert f"{tmp_path / 'nothing'}: not a loraft run" in reasons
+
+
+def test_a_rerun_skips_finished_points_resumes_or_restarts_the_others_and_survives_a_failure(
+    sweep: tuple[Path, list], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out, _ = sweep
+    grid = parse_grid(["train.lr=1e-2,1e9"])  # 1e9: the loss turns NaN, that point fails
+    first = run_sweep(
+        RECIPES / "joker.yaml",
+        quick(tiny_model_dir)[:4]
+        + ["data.max_length=48", "eval.generate=false", "train.max_grad_norm=null", "train.eval_every=1"],
+        grid,
+        1,
+        tmp_path,
+        launch=in_process,
+    )
+    assert [point.status for point in first] == ["finished", "failed"]
+    assert first[1].message.startswith("step ") and "is nan" in first[1].message
+    again = run_sweep(
+        RECIPES / "joker.yaml",
+        quick(tiny_model_dir)[:4]
+        + ["data.max_length=48", "eval.generate=false", "train.max_grad_norm=null", "train.eval_every=1"],
+        grid,
+        1,
+        tmp_path,
+        launch=in_process,
+    )
+    assert [point.status for point in again] == ["skipped", "failed"]
+    calls = []
+
+    def recording(arguments: list[str]) -> tuple[int, str]:
+        calls.append(arguments)
+        return 0, ""
+
+    resumable = RunDirectory(out / "joker_method-full_seed-43")
+    resumable.summary_path.unlink()  # killed after its last state: it resumes
+    restartable = RunDirectory(out / "joker_method-full_seed-42")
+    restartable.summary_path.unlink()
+    shutil.rmtree(restartable.train_state_path)  # killed before its first state: it starts again
+    run_sweep(RECIPES / "joker.yaml", quick(tiny_model_dir), GRID, 2, out, launch=recording)
+    assert len(calls) == 2 and all("train.resume=auto" in call for call in calls)
+    assert ["--overwrite" in call for call in calls] == [True, False]  # seed 42 first, then 43

@@ -124,7 +124,7 @@ def test_resume_refuses_another_recipe_and_extends_a_finished_run(
         train_recipe(
             joker_recipe(tiny_model_dir, run, "train.max_steps=6", "train.lr=1e-3", "train.resume=true")
         )
-    with pytest.raises(LoraftError, match="already trained 4 of 4 steps; raise train.max_steps"):
+    with pytest.raises(LoraftError, match="has finished its 4 steps; raise train.max_steps"):
         train_recipe(
             joker_recipe(tiny_model_dir, run, "train.max_steps=4", "train.log_every=1", "train.resume=true")
         )

@@ -1,0 +1,134 @@
+"""Figures of a comparison, each readable alone: the LoRA frontier, eval-loss curves, resources."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from loraft.errors import LoraftError
+from loraft.report import Comparison
+
+FORMATS = ("png", "svg", "pdf")
+
+
+def write_plots(comparison: Comparison, out: Path, image_format: str = "png") -> list[Path]:
+    """frontier, curves and resources figures in `out`, in `image_format`."""
+    if image_format not in FORMATS:
+        raise LoraftError(f"--format: '{image_format}' is not one of {', '.join(FORMATS)}")
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        _save(frontier(comparison), out / f"frontier.{image_format}"),
+        _save(curves(comparison), out / f"curves.{image_format}"),
+        _save(resources(comparison), out / f"resources.{image_format}"),
+    ]
+
+
+def frontier(comparison: Comparison):
+    """The metric against trainable parameters (log axis): which rank is enough."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    lora = [point for point in comparison.points if point.method == "lora"]
+    for index, targets in enumerate(sorted({point.runs[0]["targets"] for point in lora})):
+        chosen = sorted(
+            (p for p in lora if p.runs[0]["targets"] == targets), key=lambda p: p.mean("trainable_params")
+        )
+        xs = [p.mean("trainable_params") for p in chosen]
+        axis.errorbar(
+            xs,
+            [p.mean(comparison.metric) for p in chosen],
+            yerr=[p.std(comparison.metric) for p in chosen],
+            marker="o",
+            capsize=3,
+            color=f"C{index}",
+            label=f"LoRA on {targets}",
+        )
+        for x, point in zip(xs, chosen, strict=True):
+            axis.annotate(
+                f"r={point.runs[0]['rank']}",
+                (x, point.mean(comparison.metric)),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(4, 4),
+            )
+    for point in comparison.points:
+        if point.method != "lora":
+            axis.errorbar(
+                [point.mean("trainable_params")],
+                [point.mean(comparison.metric)],
+                yerr=[point.std(comparison.metric)],
+                marker="*",
+                markersize=12,
+                capsize=3,
+                color="black",
+                linestyle="none",
+                label=f"{point.label} fine-tuning",
+            )
+            if point.method == "full":
+                axis.axhline(point.mean(comparison.metric), color="black", linestyle=":", linewidth=1)
+    axis.set_xscale("log")
+    axis.set(
+        xlabel="trainable parameters (log scale)",
+        ylabel=comparison.metric,
+        title=f"{comparison.metric} against trainable parameters (mean ± sd over seeds)",
+    )
+    axis.legend(fontsize=8)
+    return figure
+
+
+def curves(comparison: Comparison):
+    """Eval loss against optimizer step, every run, one colour a point."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for index, point in enumerate(comparison.points):
+        for number, run in enumerate(point.runs):
+            records = [
+                json.loads(line) for line in (Path(run["run"]) / "metrics.jsonl").read_text().splitlines()
+            ]
+            evals = [r for r in records if r.get("kind") == "eval" and "eval_loss" in r]
+            axis.plot(
+                [r["step"] for r in evals],
+                [r["eval_loss"] for r in evals],
+                color=f"C{index % 10}",
+                alpha=0.8,
+                linewidth=1,
+                label=point.label if number == 0 else None,
+            )
+    axis.set(
+        xlabel="optimizer step", ylabel="eval loss (nats per token)", title="Evaluation loss during training"
+    )
+    axis.legend(fontsize=7, ncol=2)
+    return figure
+
+
+def resources(comparison: Comparison):
+    """Peak memory and training throughput, one bar a point."""
+    import matplotlib.pyplot as plt
+
+    figure, (memory, speed) = plt.subplots(1, 2, figsize=(10, 4.5))
+    labels = [point.label for point in comparison.points]
+    colors = [
+        "black" if point.method != "lora" else f"C{index % 10}"
+        for index, point in enumerate(comparison.points)
+    ]
+    memory.barh(labels, [p.mean("peak_memory_mb") for p in comparison.points], color=colors)
+    memory.set(xlabel="peak memory (MB)", title="Peak memory")
+    speed.barh(labels, [p.mean("train_tokens_per_s") for p in comparison.points], color=colors)
+    speed.set(xlabel="training tokens per second", title="Training throughput")
+    speed.set_yticklabels([])
+    for axis in (memory, speed):
+        axis.tick_params(axis="y", labelsize=7)
+    return figure
+
+
+def _save(figure, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
