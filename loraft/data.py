@@ -149,7 +149,7 @@ def _read_delimited(
 def to_dataset(rows: list[dict[str, Any]], where: str):
     """Converted rows as a `datasets.Dataset` (seeded splits, tokenization with `map`)."""
     try:
-        return _datasets().Dataset.from_list(rows)
+        return datasets_library().Dataset.from_list(rows)
     except Exception as error:  # pyarrow cannot put mixed types in one column
         raise LoraftError(f"{where}: the rows do not form a table: {_first_line(error)}") from None
 
@@ -198,7 +198,7 @@ def load_hub_split(hub: HubData, split: str, why: str = "") -> Table:
     `why` says why the hub is used (a local file that was not found), so that an offline
     user learns about the missing file, not only about the unreachable hub.
     """
-    datasets = _datasets()
+    datasets = datasets_library()
     go_offline_unless_reachable()
     try:
         table = datasets.load_dataset(hub.id, hub.config, split=split)
@@ -226,7 +226,7 @@ def column_for(data: DataSection, field: str) -> str:
     return data.columns.get(field, field)
 
 
-def _datasets():
+def datasets_library():
     """`datasets`, imported when first needed (it is slow to import) and kept quiet."""
     import datasets
 

@@ -101,7 +101,11 @@ def compare_runs(run_dirs: list[str | Path], metric: str | None = None) -> Compa
             continue
         label = point_label(recipe)
         points.setdefault(_point_key(recipe), Point(label, recipe.method)).runs.append(row)
-    return Comparison(metric, list(points.values()), left_out)
+    ordered = sorted(
+        points.values(),
+        key=lambda p: (p.method == "lora", p.runs[0]["targets"] or "", p.runs[0]["rank"] or 0),
+    )
+    return Comparison(metric, ordered, left_out)
 
 
 def run_row(run: RunDirectory, recipe: Recipe, summary: dict) -> dict[str, Any]:

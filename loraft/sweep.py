@@ -68,9 +68,10 @@ def sweep_points(
             )
             continue
         seen[key] = " ".join(given)
+        varied = [c for c in combination if not c.startswith("method=")]
         for offset in range(seeds):
             seed = recipe.train.seed + offset
-            name = _slug([recipe_path.stem, *combination, f"seed={seed}"])
+            name = _slug([recipe_path.stem, recipe.method, *varied, f"seed={seed}"])
             points.append(SweepPoint(name, [*overrides, *combination, f"train.seed={seed}"]))
     return points, notes
 

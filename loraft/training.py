@@ -105,9 +105,10 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
         run.write_summary(summary)
     trackers.finish(summary)
     accelerator.end_training()
-    return TrainResult(
-        summary, accelerator.unwrap_model(trainer.model), tokenizer, accelerator.is_main_process
-    )
+    # A plain model: without accelerate's autocast wrapper, its forward is the fp32 model the
+    # checkpoint reloads to, whatever precision trained it.
+    plain = accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False, keep_torch_compile=False)
+    return TrainResult(summary, plain, tokenizer, accelerator.is_main_process)
 
 
 # --- set-up -----------------------------------------------------------------------------

@@ -149,3 +149,31 @@ def test_the_real_entry_point_gives_one_line_and_no_traceback() -> None:
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
     version = loraft_process("--version")
     assert version.returncode == 0 and version.stdout.startswith("loraft ")
+
+
+def test_a_mini_gpt_trains_from_scratch_on_a_text_file(tmp_path: Path, loraft) -> None:
+    """The text task: a tokenizer trained on the file, passages packed into full blocks."""
+    text = tmp_path / "text.txt"
+    text.write_text(
+        "\n\n".join(f"Act {i}. To be, or not to be: that is question number {i}." for i in range(300))
+    )
+    run = tmp_path / "mini"
+    code, out, err = loraft(
+        "train",
+        RECIPES / "mini-gpt-scratch.yaml",
+        f"data.train={text}",
+        f"output_dir={run}",
+        "train.max_steps=12",
+        "train.eval_every=6",
+        "model.config.n_layer=1",
+        "model.config.n_embd=32",
+        "model.tokenizer_vocab_size=300",
+        "data.max_length=32",
+        "eval.generate_size=2",
+        "generation.max_new_tokens=8",
+        "train.precision=fp32",
+    )
+    assert code == 0, err[-2000:]
+    losses = [record["eval_loss"] for record in read_records(run, "eval")]
+    assert losses[0] > losses[-1] and len(losses) == 3
+    assert (run / "base_model" / "tokenizer.json").is_file()

@@ -57,7 +57,7 @@ def test_the_grid_runs_each_distinct_point_for_each_seed(sweep: tuple[Path, list
     out, points = sweep
     names = sorted(point.name for point in points)
     assert names == sorted(
-        f"joker_method-{m}_seed-{s}" for m in ["lora_r-1", "lora_r-2", "full"] for s in (42, 43)
+        f"joker_{m}_seed-{s}" for m in ["lora_r-1", "lora_r-2", "full"] for s in (42, 43)
     )
     assert {point.status for point in points} == {"finished"}
     recorded = json.loads((out / "sweep.json").read_text())
@@ -185,9 +185,9 @@ def test_a_rerun_skips_finished_points_resumes_or_restarts_the_others_and_surviv
         calls.append(arguments)
         return 0, ""
 
-    resumable = RunDirectory(out / "joker_method-full_seed-43")
+    resumable = RunDirectory(out / "joker_full_seed-43")
     resumable.summary_path.unlink()  # killed after its last state: it resumes
-    restartable = RunDirectory(out / "joker_method-full_seed-42")
+    restartable = RunDirectory(out / "joker_full_seed-42")
     restartable.summary_path.unlink()
     shutil.rmtree(restartable.train_state_path)  # killed before its first state: it starts again
     run_sweep(RECIPES / "joker.yaml", quick(tiny_model_dir), GRID, 2, out, launch=recording)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
+from loraft.data import datasets_library
 from loraft.errors import LoraftError
 from loraft.run_dir import GENERATIONS_FILE
 from loraft.tasks.base import IGNORE_INDEX, Batch, Task
@@ -92,7 +93,9 @@ class CausalLMTask(Task):
 
     def with_targets(self, features, split: str):
         """Drop rows whose prompt fills `data.max_length` (nothing left to predict), saying so."""
-        kept = features.filter(lambda feature: has_target(feature["labels"]), keep_in_memory=True)
+        kept = features.filter(
+            lambda feature: has_target(feature.get("labels", feature["input_ids"])), keep_in_memory=True
+        )
         dropped = len(features) - len(kept)
         if dropped:
             print(
@@ -145,8 +148,7 @@ class TextFileTask(CausalLMTask):
         self.texts()
 
     def load_rows(self, preview: int | None = None):
-        import datasets
-
+        datasets = datasets_library()
         train, evaluation = self.texts()
         return datasets.Dataset.from_dict({"text": train}), datasets.Dataset.from_dict({"text": evaluation})
 
