@@ -28,7 +28,6 @@ from loraft.run_dir import RunDirectory
 
 HEAD_FILE = "head.safetensors"
 STATE_FILE = "state.json"
-CHECKPOINT_NAMES = ("best", "last")
 
 
 def save_checkpoint(
@@ -69,17 +68,6 @@ def swap_in(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def resolve_checkpoint(run: RunDirectory, name: str) -> Path:
-    """The complete folder of checkpoint `name`: itself, or its `.old` copy mid-swap."""
-    if name not in CHECKPOINT_NAMES:
-        raise LoraftError(f"--checkpoint: expected best or last, got '{name}'")
-    directory = run.checkpoint(name)
-    for candidate in (directory, directory.with_name(name + ".old")):
-        if candidate.is_dir():
-            return candidate
-    raise LoraftError(f"{directory}: no such checkpoint (the run saved none yet)")
-
-
 def save_base_model(run: RunDirectory, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
     """A from-scratch model before any method is applied: nothing else can rebuild it."""
     model.save_pretrained(run.base_model_path)
@@ -93,7 +81,7 @@ def load_trained_model(
     from loraft.tokenizer import load_tokenizer
 
     recipe = recipe or run.read_recipe()
-    directory = resolve_checkpoint(run, name)
+    directory = run.saved_checkpoint(name)
     tokenizer = load_tokenizer(str(directory))
     kind = task_kind(recipe)
     if recipe.method == "full":

@@ -27,6 +27,8 @@ GPT2_SHAPES = {
     "gpt2-xl": (48, 1600, 25),
 }
 GPT2_CONTEXT = 1024
+# GPT-2's layers PEFT's LoRA can wrap: attention in/out, MLP in/out, embeddings, output heads.
+GPT2_ADAPTABLE = ("c_attn", "c_proj", "c_fc", "wte", "wpe", "lm_head", "score")
 
 
 def check_recipe(recipe: Recipe, roots: list[Path] | None = None) -> None:
@@ -36,8 +38,10 @@ def check_recipe(recipe: Recipe, roots: list[Path] | None = None) -> None:
     task_class = TASK_CLASSES[recipe.task]
     task_class.check_recipe(recipe)
     check_training(recipe)
-    context = model_context(recipe)
+    facts = model_facts(recipe)
+    context = context_of(facts) if facts else None
     check_context(recipe, context)
+    check_lora_targets(recipe, facts.get("model_type"))
     if recipe.task != "classification":
         check_generation(recipe.generation, context, "generation")
         for name in recipe.study.decoders:
@@ -96,15 +100,27 @@ def check_extra_metrics(recipe: Recipe) -> None:
         load_metric(spec)
 
 
-def model_context(recipe: Recipe) -> int | None:
-    """The model's positions, read without weights; None when only the hub could say."""
+def model_facts(recipe: Recipe) -> dict:
+    """What the model's config says (`n_positions`, `model_type`), read without weights; empty
+    when only the hub could say."""
     if recipe.model.config is not None:
-        return recipe.model.config.n_positions
+        return {"model_type": "gpt2", "n_positions": recipe.model.config.n_positions}
     name = recipe.model.name.removeprefix("openai-community/")
     if name in GPT2_SHAPES:
-        return GPT2_CONTEXT
-    config = _local_config(recipe.model.name, recipe.model.revision)
-    return None if config is None else context_of(config)
+        return {"model_type": "gpt2", "n_positions": GPT2_CONTEXT}
+    return local_config(recipe.model.name, recipe.model.revision) or {}
+
+
+def check_lora_targets(recipe: Recipe, model_type: str | None) -> None:
+    """On GPT-2, LoRA adapts its linear (Conv1D) and embedding layers, named by their last part."""
+    if recipe.method != "lora" or model_type != "gpt2":
+        return
+    for target in recipe.lora.target_modules:
+        if target not in GPT2_ADAPTABLE:
+            raise LoraftError(
+                f"lora.target_modules: '{target}' is not a GPT-2 layer LoRA can adapt; "
+                f"use some of {', '.join(GPT2_ADAPTABLE)}"
+            )
 
 
 def context_of(config) -> int | None:
@@ -113,8 +129,17 @@ def context_of(config) -> int | None:
     return values.get("n_positions") or values.get("max_position_embeddings")
 
 
-def _local_config(name: str, revision: str | None) -> dict | None:
-    path = Path(os.path.expanduser(name)) / "config.json"
+def local_config(name: str, revision: str | None) -> dict | None:
+    """The `config.json` of a local model folder (or of a cached hub copy), None if neither."""
+    folder = Path(os.path.expanduser(name))
+    path = folder / "config.json"
+    if folder.is_dir() and not path.is_file():
+        raise LoraftError(f"model.name: {folder} is a folder but not a model (no config.json in it)")
+    if not folder.exists() and looks_like_a_path(name):
+        raise LoraftError(
+            f"model.name: '{name}' is not a folder here (from {Path.cwd()}) and cannot be a hub id "
+            "(namespace/name)"
+        )
     if not path.is_file():
         from huggingface_hub import try_to_load_from_cache
 
@@ -129,6 +154,11 @@ def _local_config(name: str, revision: str | None) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise LoraftError(f"model.name: {path} is not a readable model config") from None
+
+
+def looks_like_a_path(name: str) -> bool:
+    """A name that only a path can be: hub ids are `name` or `namespace/name`."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def _cuda_available() -> bool:

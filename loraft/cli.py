@@ -65,6 +65,7 @@ def train(
     from loraft.recipe_files import load_recipe
 
     loaded = load_recipe(recipe, [*(overrides or []), *(["train.resume=true"] if resume else [])])
+    _check_before_loading_torch(loaded, data_root, overwrite)
     _quiet_libraries()
     from loraft.trainer import RunInterrupted
     from loraft.training import train_recipe
@@ -98,7 +99,9 @@ def validate(
             typer.echo(f"ok    {path} (task {loaded.task}, method {loaded.method})")
         except LoraftError as error:
             failures += 1
-            typer.echo(f"error {error}", err=True)
+            message = str(error)
+            named = message if message.startswith(str(path)) else f"{path}: {message}"
+            typer.echo(f"error: {named}", err=True)  # several recipes: each error names its file
     if failures:
         raise typer.Exit(2)
 
@@ -122,8 +125,10 @@ def evaluate(
     as_json: JsonFlag = False,
 ) -> None:
     """Re-evaluate a saved run (LoRA adapter, head-only or full) and print its metrics."""
+    from loraft.evaluation import check_eval, evaluate_run
+
+    check_eval(run_dir, overrides, checkpoint, data_root)
     _quiet_libraries()
-    from loraft.evaluation import evaluate_run
 
     metrics = evaluate_run(run_dir, overrides, checkpoint, data_root)
     typer.echo(json.dumps(metrics, indent=2) if as_json else metric_lines(metrics))
@@ -170,19 +175,22 @@ def generate(
         "context_window": _parse_window(context_window),
         "context_mode": context_mode,
     }
+    from loraft.inference import planned_settings
+
+    settings = planned_settings(target, checkpoint, {k: v for k, v in given.items() if v is not None})
     _quiet_libraries()
     from loraft.checks import check_generation, context_of
     from loraft.generation import generate as generate_texts
     from loraft.inference import load_generator
 
     generator = load_generator(target, checkpoint, raw)
-    settings = _with_overrides(generator.settings, {k: v for k, v in given.items() if v is not None})
-    check_generation(settings, context_of(generator.model.config), "generation")
+    check_generation(settings, context_of(generator.model.config), "generation")  # a hub model's
     framed = [generator.frame(text) for text in prompts]
     continuations = generate_texts(generator.model, generator.tokenizer, framed, settings)
     for text, continuation in zip(prompts, continuations, strict=True):
         record = {"prompt": text, "continuation": continuation}
-        typer.echo(json.dumps(record) if as_json else f"{text}\033[1m{continuation}\033[0m\n")
+        shown = f"\033[1m{continuation}\033[0m" if sys.stdout.isatty() else continuation  # bold: the model's
+        typer.echo(json.dumps(record) if as_json else f"{text}{shown}\n")
 
 
 @app.command()
@@ -359,20 +367,6 @@ def _parse_window(text: str | None) -> int | list[int] | None:
     return parts[0] if len(parts) == 1 else parts
 
 
-def _with_overrides(settings, changes: dict):
-    """The settings with command-line changes, validated by the recipe schema."""
-    from pydantic import ValidationError
-
-    try:
-        return type(settings).model_validate({**settings.model_dump(), **changes})
-    except ValidationError as error:
-        first = error.errors()[0]
-        message = first["msg"].removeprefix("Value error, ")
-        if not first["loc"]:  # a check across fields names them itself
-            raise LoraftError(f"generation settings: {message}") from None
-        raise LoraftError(f"--{str(first['loc'][0]).replace('_', '-')}: {message}") from None
-
-
 def _quiet_libraries() -> None:
     """Hide the libraries' per-file progress bars and advisory warnings; ours show progress."""
     import warnings
@@ -385,6 +379,18 @@ def _quiet_libraries() -> None:
     transformers_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=UserWarning, module="peft")
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
+def _check_before_loading_torch(recipe, data_root: Path | None, overwrite: bool) -> None:
+    """The recipe, its data and a fresh run's folder, checked in a second (importing torch and
+    transformers takes several): a mistake is one line at once. `train_recipe` checks again."""
+    from loraft.checks import check_recipe
+    from loraft.data import data_roots
+    from loraft.run_dir import RunDirectory
+
+    check_recipe(recipe, data_roots(data_root))
+    if not recipe.train.resume:
+        RunDirectory.check_available(recipe.run_dir, overwrite)
 
 
 class _Interrupted(Exception):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loraft.errors import LoraftError
-from loraft.hub import go_offline_unless_reachable, offline_hint
+from loraft.hub import go_offline_unless_reachable, hub_dataset_cached, hub_reachable, offline_hint
 from loraft.recipe import DataSection, HubData
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
@@ -62,6 +62,13 @@ class Table:
     columns: list[str]
     rows: list[dict[str, Any]]
     where: str
+    lines: list[int] | None = None  # the file line each row starts on; None for a hub split
+
+    def place(self, index: int) -> str:
+        """Where row `index` is, for an error: `file: line 17` (a file) or `id:split: row 16`."""
+        if self.lines is None:
+            return f"{self.where}: row {index + 1}"
+        return f"{self.where}: line {self.lines[index]}"
 
 
 def read_table(path: Path, column_names: list[str] | None = None, preview: int | None = None) -> Table:
@@ -74,23 +81,29 @@ def read_table(path: Path, column_names: list[str] | None = None, preview: int |
     take for field delimiters. No value is converted: every cell is text.
     """
     check_text_file(path, limit=PREVIEW_BYTES if preview else None)
-    if path.suffix in (".jsonl", ".json"):
-        rows = read_json_rows(path, preview)
-        columns = list(dict.fromkeys(key for row in rows for key in row))
-    else:
-        columns, rows = _read_delimited(path, column_names, preview)
+    try:
+        if path.suffix in (".jsonl", ".json"):
+            lines, rows = read_json_rows(path, preview)
+            columns = list(dict.fromkeys(key for row in rows for key in row))
+        else:
+            columns, lines, rows = _read_delimited(path, column_names, preview)
+    except UnicodeDecodeError as error:  # past the part `check_text_file` read
+        raise LoraftError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise LoraftError(f"{path}: cannot read: {error.strerror or error}") from None
     if not rows:
         raise LoraftError(f"{path}: the file has no data rows")
-    return Table(columns, rows, str(path))
+    return Table(columns, rows, str(path), lines)
 
 
-def read_json_rows(path: Path, limit: int | None = None) -> list[dict]:
-    """The objects of a JSON Lines file (one per non-blank line) or of a JSON array."""
+def read_json_rows(path: Path, limit: int | None = None) -> tuple[list[int] | None, list[dict]]:
+    """The objects of a JSON Lines file (one per non-blank line) or of a JSON array, with the
+    line each is on (None for an array, whose objects may share lines)."""
     with path.open(encoding="utf-8-sig") as stream:
         starts_with_array = stream.read(4096).lstrip().startswith("[")
     if starts_with_array:
-        return _json_array(path)[:limit]
-    rows = []
+        return None, _json_array(path)[:limit]
+    lines, rows = [], []
     with path.open(encoding="utf-8-sig") as stream:
         for number, line in enumerate(stream, start=1):
             if limit is not None and len(rows) >= limit:
@@ -103,8 +116,9 @@ def read_json_rows(path: Path, limit: int | None = None) -> list[dict]:
                 raise LoraftError(f"{path}: line {number}: not valid JSON ({error.msg})") from None
             if not isinstance(row, dict):
                 raise LoraftError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
+            lines.append(number)
             rows.append(row)
-    return rows
+    return lines, rows
 
 
 def _json_array(path: Path) -> list[dict]:
@@ -119,7 +133,7 @@ def _json_array(path: Path) -> list[dict]:
 
 def _read_delimited(
     path: Path, column_names: list[str] | None, preview: int | None
-) -> tuple[list[str], list[dict[str, str]]]:
+) -> tuple[list[str], list[int], list[dict[str, str]]]:
     with path.open(encoding="utf-8-sig", newline="") as stream:
         tabbed = "\t" in stream.readline()
         stream.seek(0)
@@ -129,8 +143,10 @@ def _read_delimited(
             columns = column_names or next(reader, [])
             if len(set(columns)) != len(columns):
                 raise LoraftError(f"{path}: line 1: a column name repeats: {columns}")
-            rows = []
+            lines, rows = [], []
+            start = reader.line_num + 1
             for fields in reader:
+                line, start = start, reader.line_num + 1  # a quoted field may span lines
                 if preview is not None and len(rows) >= preview:
                     break
                 if not fields or fields == [""]:
@@ -140,10 +156,11 @@ def _read_delimited(
                         f"{path}: line {reader.line_num}: {len(fields)} fields, expected {len(columns)} "
                         f"({', '.join(columns)})"
                     )
+                lines.append(line)
                 rows.append(dict(zip(columns, fields, strict=True)))
         except csv.Error as error:
             raise LoraftError(f"{path}: line {reader.line_num}: cannot read as a table: {error}") from None
-    return columns, rows
+    return columns, lines, rows
 
 
 def to_dataset(rows: list[dict[str, Any]], where: str):
@@ -158,6 +175,8 @@ def check_text_file(path: Path, limit: int | None = None) -> None:
     """A readable, non-empty UTF-8 file (the first `limit` bytes, or all); else one line."""
     if path.is_dir():
         raise LoraftError(f"{path}: is a directory, expected a file")
+    if not path.is_file():  # a pipe or a device would block or never end
+        raise LoraftError(f"{path}: not a regular file")
     try:
         size = path.stat().st_size
         decoder = codecs.getincrementaldecoder("utf-8")()
@@ -177,8 +196,8 @@ def check_text_file(path: Path, limit: int | None = None) -> None:
                 line, read = line + chunk.count(b"\n"), read + len(chunk)
                 if limit is not None and read >= limit:
                     break
-    except PermissionError:
-        raise LoraftError(f"{path}: permission denied") from None
+    except OSError as error:
+        raise LoraftError(f"{path}: cannot read: {error.strerror or error}") from None
     if size == 0:
         raise LoraftError(f"{path}: the file is empty")
 
@@ -204,11 +223,20 @@ def load_hub_split(hub: HubData, split: str, why: str = "") -> Table:
         table = datasets.load_dataset(hub.id, hub.config, split=split)
         return Table(table.column_names, table.to_list(), f"{hub.id}:{split}")
     except Exception as error:  # datasets raises many types; all mean "cannot get it"
-        hint = offline_hint() or "; set --data-root or LORAFT_DATA_ROOT (see data/README.md)"
+        hint = offline_hint(data=True) or "; set --data-root or LORAFT_DATA_ROOT (see data/README.md)"
         raise LoraftError(
             f"data.train: {why}and the hub copy '{hub.id}' (split '{split}') cannot be loaded: "
             f"{_first_line(error)}{hint}"
         ) from None
+
+
+def require_hub_copy(hub: HubData, why: str) -> None:
+    """Offline, a hub dataset loads only from the local cache: say at once when it is not there
+    (before torch is imported or a model loaded)."""
+    if not hub_reachable() and not hub_dataset_cached(hub.id):
+        raise LoraftError(
+            f"data.train: {why}and the hub copy '{hub.id}' is not in the local cache{offline_hint(data=True)}"
+        )
 
 
 def require_columns(table: Table, needed: list[str]) -> None:

@@ -19,6 +19,7 @@ def evaluate_run(
 
     Generations and predictions go to `RUN_DIR/eval-<checkpoint>/`, never over the run's own.
     """
+    run, recipe, roots = check_eval(run_dir, overrides, checkpoint, data_root)
     from accelerate import Accelerator
 
     from loraft.checkpoint import load_trained_model
@@ -26,10 +27,6 @@ def evaluate_run(
     from loraft.tasks import build_task
     from loraft.training import eval_loader_for, evaluate
 
-    run = RunDirectory.open(run_dir)
-    recipe = run.read_recipe(overrides)
-    roots = data_roots(data_root)
-    check_recipe(recipe, roots)
     warn_about_local_metric_code(recipe, run)
     task = build_task(recipe, roots)
     _, eval_rows = task.rows()
@@ -43,6 +40,17 @@ def evaluate_run(
     output.mkdir(exist_ok=True)
     metrics.update(task.final_evaluation(lambda: accelerator.unwrap_model(model), tokenizer, output))
     return {"checkpoint": checkpoint, **metrics}
+
+
+def check_eval(run_dir: str | Path, overrides: list[str] | None, checkpoint: str, data_root):
+    """The run, its recipe with `overrides`, the checkpoint and the data, checked in a second
+    (before torch is imported): the run directory, recipe and data roots."""
+    run = RunDirectory.open(run_dir)
+    run.saved_checkpoint(checkpoint)
+    recipe = run.read_recipe(overrides)
+    roots = data_roots(data_root)
+    check_recipe(recipe, roots)
+    return run, recipe, roots
 
 
 def warn_about_local_metric_code(recipe, run: RunDirectory) -> None:

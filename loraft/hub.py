@@ -12,6 +12,7 @@ import functools
 import os
 import socket
 import sys
+from pathlib import Path
 from urllib.parse import urlparse
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -54,15 +55,30 @@ def go_offline_unless_reachable() -> None:
         sys.modules["evaluate"].config.HF_EVALUATE_OFFLINE = True
 
 
-def offline_hint() -> str:
-    """What to add to a failed hub load: why, and what to do instead."""
+def offline_hint(data: bool = False) -> str:
+    """What to add to a failed hub load: why, and what to do instead (`data`: a data file)."""
     if hub_reachable():
         return ""
-    why = "the Hugging Face Hub cannot be reached" if _switched else "HF_HUB_OFFLINE is set"
-    return (
-        f" ({why}: only cached copies load; set HF_HUB_OFFLINE=1 to skip the hub, "
-        "or give a local path, or --data-root for data files)"
+    if _switched or not offline_requested():
+        why = "the Hugging Face Hub cannot be reached; set HF_HUB_OFFLINE=1 to skip the 3 s check"
+    else:
+        why = "HF_HUB_OFFLINE is set"
+    instead = (
+        "--data-root DIR for the local files (see data/README.md)"
+        if data
+        else "a local path instead (--data-root DIR for data files)"
     )
+    return f" ({why}; only cached copies load: give {instead})"
+
+
+def hub_dataset_cached(dataset_id: str) -> bool:
+    """Whether a copy of a hub dataset is in the local caches (read without importing datasets)."""
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    hub_cache = Path(os.environ.get("HF_HUB_CACHE", home / "hub"))
+    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE", home / "datasets"))
+    return (hub_cache / f"datasets--{dataset_id.replace('/', '--')}").is_dir() or (
+        datasets_cache / dataset_id.replace("/", "___")
+    ).is_dir()
 
 
 def is_local(name: str) -> bool:

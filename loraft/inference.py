@@ -35,6 +35,37 @@ def load_generator(target: str, checkpoint: str = "best", raw: bool = False) -> 
     return Generator(model.to(device), tokenizer, GenerationSection(), lambda text: text)
 
 
+def planned_settings(target: str, checkpoint: str, changes: dict) -> GenerationSection:
+    """The decoding settings `loraft generate` will use (the run's, with `changes`), checked
+    against each other and the model's context from its config: before any weights load."""
+    from loraft.checks import check_generation, context_of, local_config, model_facts
+
+    if RunDirectory(target).is_run():
+        run = RunDirectory.open(target)
+        run.saved_checkpoint(checkpoint)
+        recipe = run.read_recipe()
+        base, facts = recipe.generation, model_facts(recipe)
+    else:
+        base, facts = GenerationSection(), (local_config(target, None) if is_local(target) else None) or {}
+    settings = with_changes(base, changes)
+    check_generation(settings, context_of(facts) if facts else None, "generation")
+    return settings
+
+
+def with_changes(settings: GenerationSection, changes: dict) -> GenerationSection:
+    """The settings with command-line changes, validated by the recipe schema."""
+    from pydantic import ValidationError
+
+    try:
+        return GenerationSection.model_validate({**settings.model_dump(), **changes})
+    except ValidationError as error:
+        first = error.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        if not first["loc"]:  # a check across fields names them itself
+            raise LoraftError(f"generation settings: {message}") from None
+        raise LoraftError(f"--{str(first['loc'][0]).replace('_', '-')}: {message}") from None
+
+
 def _from_run(run: RunDirectory, checkpoint: str):
     from loraft.checkpoint import load_trained_model
     from loraft.checks import check_recipe

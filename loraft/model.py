@@ -113,6 +113,12 @@ def apply_method(model: PreTrainedModel, recipe: Recipe, kind: str) -> torch.nn.
     return get_peft_model(model, lora_config(model, recipe, kind))
 
 
+def check_method(model: PreTrainedModel, recipe: Recipe, kind: str) -> None:
+    """Raise now what `apply_method` would: LoRA targets that match no module of `model`."""
+    if recipe.method == "lora":
+        lora_config(model, recipe, kind)
+
+
 def lora_config(model: PreTrainedModel, recipe: Recipe, kind: str) -> LoraConfig:
     """PEFT's LoRA config; GPT-2's Conv1D layers store weights transposed (fan_in_fan_out)."""
     targets = recipe.lora.target_modules

@@ -7,12 +7,21 @@ the data or the model's shape live in `loraft.checks`.
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 TASKS = ("news", "persona", "sonnets", "text", "classification")
 TRACKERS = ("tensorboard", "wandb")
@@ -21,10 +30,22 @@ BUDGET_KEYS = ("train.max_steps", "train.epochs", "train.resume")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class Section(BaseModel):
-    """A recipe section: unknown keys are errors, never silently dropped."""
+SEED_RANGE = {"ge": 0, "le": 2**32 - 1}  # what numpy and torch seeding accept
 
-    model_config = ConfigDict(extra="forbid")
+
+class Section(BaseModel):
+    """A recipe section: unknown keys are errors, never silently dropped; numbers are finite
+    and never `true`/`false` (pydantic would read `batch_size: true` as 1)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and bool not in _member_types(annotation) and _is_numeric(annotation):
+            raise ValueError("expected a number, not true/false")
+        return value
 
 
 class ScratchConfig(Section):
@@ -77,6 +98,13 @@ class LoraSection(Section):
     )
     bias: Literal["none", "all", "lora_only"] = Field("none", description="which biases train")
 
+    @field_validator("target_modules")
+    @classmethod
+    def _distinct_names(cls, names: list[str]) -> list[str]:
+        if any(not name.strip() for name in names) or len(set(names)) != len(names):
+            raise ValueError(f"expected distinct, non-empty module names, got {names}")
+        return names
+
 
 class HubData(Section):
     id: str = Field(description="hub dataset id, e.g. fancyzhx/ag_news")
@@ -99,7 +127,9 @@ class DataSection(Section):
         0.1, gt=0, lt=1, description="share of `train` held out when there is no `eval`"
     )
     seed: int = Field(
-        42, description="seeds the held-out split and row sampling; train.seed does not change the data"
+        42,
+        **SEED_RANGE,
+        description="seeds the held-out split and row sampling; train.seed does not change the data",
     )
     packing: bool = Field(
         True, description="causal tasks: a batch's examples share rows of max_length, each seeing only itself"
@@ -111,6 +141,20 @@ class DataSection(Section):
     labels: list[str] | None = Field(None, description="classification: the label names, in order")
     predict: str | None = Field(None, description="classification: unlabelled file to predict")
     prompts: str | None = Field(None, description="generation prompts (sonnets: first 3 lines of each)")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_text(cls, labels: Any) -> Any:
+        """`[0, 1, 2]` means the labels "0", "1", "2": data files hold them as text."""
+        if not isinstance(labels, list):
+            return labels
+        named = [
+            str(label) if isinstance(label, int | float) and not isinstance(label, bool) else label
+            for label in labels
+        ]
+        if any(isinstance(label, str) and label != label.strip() for label in named):
+            raise ValueError(f"label names must not start or end with spaces: {named}")
+        return named
 
 
 class TrainSection(Section):
@@ -129,7 +173,7 @@ class TrainSection(Section):
         "auto",
         description="auto: bf16 where matmul is native (Ampere+ GPUs, CPUs with AMX/avx512_bf16), else fp32",
     )
-    seed: int = Field(42, description="seeds initialisation, dropout and the order of batches")
+    seed: int = Field(42, **SEED_RANGE, description="seeds initialisation, dropout and the order of batches")
     eval_every: int | None = Field(None, ge=1, description="evaluate every N steps; null: per epoch")
     save_every: int | None = Field(
         None, ge=1, description="save the training state and `last` every N steps; null: at each eval"
@@ -174,7 +218,7 @@ class GenerationSection(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1: off")
     num_beams: int = Field(4, ge=1, description="beams for strategy: beam")
     repetition_penalty: float = Field(1.0, gt=0, description="CTRL-style penalty; 1: off")
-    seed: int = Field(0, description="seeds sampling and random context windows")
+    seed: int = Field(0, **SEED_RANGE, description="seeds sampling and random context windows")
     prefix: str = Field("", description="priming text prepended to every prompt")
     batch_size: int = Field(8, ge=1, description="prompts decoded together (left padding)")
     context_window: int | tuple[int, int] | None = Field(
@@ -201,6 +245,7 @@ class StudySection(Section):
     checkpoint: Literal["best", "last"] = Field("best", description="which checkpoint of `run`")
     decoders: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"standard": {}},
+        min_length=1,
         description="name -> generation overrides, e.g. {context_window: 32, context_mode: cache}",
     )
 
@@ -248,6 +293,13 @@ class Recipe(Section):
                 first = error.errors()[0]
                 where = ".".join(["study.decoders", name, *(str(part) for part in first["loc"])])
                 message = first["msg"].removeprefix("Value error, ")
+                if first["type"] == "extra_forbidden":
+                    close = difflib.get_close_matches(
+                        str(first["loc"][-1]), GenerationSection.model_fields, 1
+                    )
+                    message = "unknown generation setting" + (
+                        f"; did you mean '{close[0]}'?" if close else ""
+                    )
                 raise ValueError(f"{where}: {message}") from None
         return self
 
@@ -301,6 +353,15 @@ def field_reference(model: type[BaseModel] = Recipe, prefix: str = "") -> list[s
         shown = "required" if field.is_required() else yaml.safe_dump(default).strip().removesuffix("...")
         rows.append(f"| `{prefix}{name}` | `{shown.strip()}` | {field.description or ''} |")
     return rows
+
+
+def _member_types(annotation: Any) -> tuple:
+    """The types of a field annotation: (int, NoneType) for `int | None`."""
+    return getattr(annotation, "__args__", (annotation,))
+
+
+def _is_numeric(annotation: Any) -> bool:
+    return any(member in (int, float) for member in _member_types(annotation))
 
 
 def _is_model(annotation: Any) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -73,17 +74,46 @@ def parse_override(override: str) -> tuple[str, Any]:
 # --- files --------------------------------------------------------------------------------
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """YAML as recipes use it: a key given twice is an error (not "the last one wins"), and
+    aliases are refused (`extends:` shares settings; aliases can blow a file up exponentially)."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.MarkedYAMLError(
+                problem="YAML aliases (*name) are not supported in recipes; use extends:",
+                problem_mark=event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.MarkedYAMLError(
+                    problem=f"key '{key}' is given twice in this mapping", problem_mark=key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """A YAML file that must hold a mapping; every problem is one line naming the file."""
+    if path.is_dir():
+        raise LoraftError(f"{path}: is a folder; expected a recipe file")
     if not path.is_file():
         raise LoraftError(f"{path}: recipe file not found")
     try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+        content = yaml.load(path.read_text(encoding="utf-8"), Loader=RecipeLoader)  # noqa: S506 - safe loader
     except UnicodeDecodeError:
         raise LoraftError(f"{path}: not UTF-8 text") from None
+    except OSError as error:
+        raise LoraftError(f"{path}: cannot read: {error.strerror or error}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
+        where = f" line {mark.line + 1}:" if mark else ""
         problem = getattr(error, "problem", None) or "invalid YAML"
         raise LoraftError(f"{path}:{where} {problem}") from None
     if content is None:
@@ -106,7 +136,10 @@ def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         return raw
     if not isinstance(base_name, str):
         raise LoraftError(f"{path}: `extends` must be a file path, got {base_name!r}")
-    base = _read_with_extends(path.parent / base_name, seen=(*seen, resolved))
+    base_path = path.parent / base_name
+    if not base_path.is_file():
+        raise LoraftError(f"{path}: extends '{base_name}': {base_path} is not a recipe file")
+    base = _read_with_extends(base_path, seen=(*seen, resolved))
     base.pop("name", None)  # a variant is named after its own file unless it says otherwise
     return deep_merge(base, raw)
 
@@ -120,6 +153,9 @@ def _describe(error: ValidationError, path: Path, raw: dict[str, Any], overrides
     loc = [str(part) for part in first["loc"] if not str(part).startswith("function-")]
     loc = [part for part in loc if part not in ("int", "tuple[int,int]", "literal[...]", "bool")]
     message = _message(first, loc)
+    if not loc:  # a whole-recipe check: its message may start with the key it is about
+        named = re.match(r"([a-z_]+(?:\.[A-Za-z0-9_-]+)+):", message)
+        loc = named.group(1).split(".") if named else []
     culprit = _override_for(loc, overrides)
     if culprit is not None:
         return f"override {culprit!r}: {message}"
@@ -139,8 +175,13 @@ def _message(first: dict[str, Any], loc: list[str]) -> str:
     if not loc:  # a whole-recipe check: its message names the fields itself
         return message
     value = first.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    shown = "" if isinstance(value, dict) or value == "" else f" (got {_short(repr(value))})"
     return f"{dotted}: {message}{shown}"
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """A value shown in an error, cut to fit one line."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _override_for(loc: list[str], overrides: list[str]) -> str | None:

@@ -26,6 +26,7 @@ MARKER = ".loraft-run"
 GENERATIONS_FILE = "generations.jsonl"
 PREDICTIONS_FILE = "predictions.csv"
 TRACKER_DIRS = ("tensorboard", "wandb")
+CHECKPOINT_NAMES = ("best", "last")
 # Everything loraft may write at the top of a run directory; --overwrite removes these only.
 OWN_ENTRIES = (
     MARKER,
@@ -101,7 +102,10 @@ class RunDirectory:
         run = cls.check_available(path, overwrite)
         if run.is_run():
             run.remove_own_files()
-        run.path.mkdir(parents=True, exist_ok=True)
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise LoraftError(f"output_dir: cannot create {run.path}: {error.strerror or error}") from None
         marker = {"created_by": "loraft", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_atomically(run.path / MARKER, json.dumps(marker) + "\n")
         return run
@@ -139,6 +143,16 @@ class RunDirectory:
 
     def checkpoint(self, name: str) -> Path:
         return self.path / "checkpoints" / name
+
+    def saved_checkpoint(self, name: str) -> Path:
+        """The complete folder of checkpoint `name`: itself, or its `.old` copy mid-swap."""
+        if name not in CHECKPOINT_NAMES:
+            raise LoraftError(f"--checkpoint: expected best or last, got '{name}'")
+        directory = self.checkpoint(name)
+        for candidate in (directory, directory.with_name(name + ".old")):
+            if candidate.is_dir():
+                return candidate
+        raise LoraftError(f"{directory}: no such checkpoint (the run saved none yet)")
 
     def output_folder(self, checkpoint: str) -> Path:
         """Where `loraft eval` writes its generations and predictions (never over the run's own)."""

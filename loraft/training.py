@@ -28,6 +28,7 @@ from loraft.model import (
     apply_method,
     build_base_model,
     build_tokenizer,
+    check_method,
     count_parameters,
     describe_parameters,
     load_base_model,
@@ -64,8 +65,7 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
     state = resume_point(recipe, overwrite)
     set_seed(recipe.train.seed)
     task = build_task(recipe, roots)
-    train_rows, eval_rows = task.rows()
-    run, tokenizer, base = prepare_run(recipe, task, train_rows, state, overwrite, accelerator)
+    run, tokenizer, base, train_set, eval_set = prepare_run(recipe, task, state, overwrite, accelerator)
     model = apply_method(base, recipe, task.kind)
     trainable, total = count_parameters(model)
     accelerator.print(describe_parameters(trainable, total))
@@ -73,8 +73,6 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
     if recipe.train.gradient_checkpointing:
         # Non-reentrant checkpointing: gradients reach LoRA weights behind frozen embeddings.
         model.activation_checkpointing_enable({"use_reentrant": False})
-    train_set = task.with_targets(task.tokenize(train_rows, tokenizer), "training")
-    eval_set = task.with_targets(task.tokenize(eval_rows, tokenizer), "evaluation")
     parts = training_parts(
         recipe, task, accelerator, model, tokenizer, train_set, periodic_eval_set(recipe, eval_set)
     )
@@ -161,21 +159,26 @@ def resume_point(recipe: Recipe, overwrite: bool) -> Path | None:
     return None
 
 
-def prepare_run(
-    recipe: Recipe, task: Task, train_rows, state: Path | None, overwrite: bool, accelerator: Accelerator
-) -> tuple[RunDirectory | None, PreTrainedTokenizerBase, torch.nn.Module]:
-    """Tokenizer and base model, and the run directory (main process): created, or reopened.
+def prepare_run(recipe: Recipe, task: Task, state: Path | None, overwrite: bool, accelerator: Accelerator):
+    """Tokenizer, base model and tokenized train and eval sets, and the run directory (main
+    process): created, or reopened.
 
+    Whatever can still fail (the model, the LoRA targets, the tokenized rows) is done before
+    the run directory is created, so a mistake never costs an earlier run under --overwrite.
     A from-scratch base is built once, by the main process of a fresh run, and saved in the
     run's `base_model/`; every other process, and every resume, loads it from there.
     """
     kind, labels = task.kind, task.model_options().get("num_labels", 0)
+    train_rows, eval_rows = task.rows()
     run = None
     builds_base = state is None and accelerator.is_main_process
-    if recipe.model.config is None or builds_base:
+    ready = recipe.model.config is None or builds_base
+    if ready:
         tokenizer = build_tokenizer(recipe, task.texts_for_tokenizer(train_rows))
         base = build_base_model(recipe, kind, tokenizer, labels)
         check_context(recipe, context_of(base.config))
+        check_method(base, recipe, kind)
+        train_set, eval_set = tokenized_sets(task, tokenizer, train_rows, eval_rows)
     if accelerator.is_main_process:
         run = RunDirectory.open(recipe.run_dir) if state else RunDirectory.create(recipe.run_dir, overwrite)
         run.write_recipe(recipe)
@@ -185,10 +188,19 @@ def prepare_run(
         elif recipe.model.config is not None:
             save_base_model(run, base, tokenizer)
     accelerator.wait_for_everyone()
-    if recipe.model.config is not None and not builds_base:
+    if not ready:
         tokenizer = load_tokenizer(str(recipe.run_dir / "base_model"))
         base = load_base_model(recipe, kind, tokenizer, recipe.run_dir / "base_model", labels)
-    return run, tokenizer, base
+        train_set, eval_set = tokenized_sets(task, tokenizer, train_rows, eval_rows)
+    return run, tokenizer, base, train_set, eval_set
+
+
+def tokenized_sets(task: Task, tokenizer: PreTrainedTokenizerBase, train_rows, eval_rows):
+    """Train and eval features, rows without a target token dropped (with a count)."""
+    return (
+        task.with_targets(task.tokenize(train_rows, tokenizer), "training"),
+        task.with_targets(task.tokenize(eval_rows, tokenizer), "evaluation"),
+    )
 
 
 def training_parts(

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import loraft.checkpoint as checkpoint
-from loraft.checkpoint import load_trained_model, resolve_checkpoint, save_checkpoint
+from loraft.checkpoint import load_trained_model, save_checkpoint
 from loraft.run_dir import RunDirectory
 
 
@@ -72,4 +72,4 @@ def test_a_crash_anywhere_in_a_save_leaves_a_loadable_checkpoint(
     )
     assert torch.equal(logits(load_trained_model(run, "last")[0]), new)
     assert sorted(p.name for p in run.checkpoint("last").parent.iterdir()) == ["best", "last"]
-    assert resolve_checkpoint(run, "last") == run.checkpoint("last")
+    assert run.saved_checkpoint("last") == run.checkpoint("last")

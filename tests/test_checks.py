@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -73,6 +74,16 @@ SST_HEADER = "\tid\tsentence\tsentiment\n"
             "train.trackers: a tracker is listed twice",
         ),
         ("news.yaml", ["train.precision=fp16"], "train.precision: fp16 needs a CUDA GPU"),
+        (
+            "joker.yaml",
+            ["model.name=runs/none/checkpoints/best"],
+            "model.name: 'runs/none/checkpoints/best' is not a folder here",
+        ),
+        ("joker.yaml", ["model.name=./gpt2"], "model.name: './gpt2' is not a folder here"),
+        ("joker.yaml", ["model.name=recipes"], "model.name: recipes is a folder but not a model"),
+        ("joker.yaml", ["lora.target_modules=[q_proj]"], "lora.target_modules: 'q_proj' is not a GPT-2"),
+        ("joker.yaml", ["data.template='P: {prompt!z}'"], "cannot be filled in: Unknown conversion"),
+        ("joker.yaml", ["data.template='P: {prompt:>{x}}'"], "data.template: 'P: {prompt:>{x}}' cannot"),
     ],
 )
 def test_recipe_mistakes_are_found_without_data_or_model(
@@ -125,12 +136,12 @@ GOOD = '{"prompt": "hi", "response": "hello"}\n'
         (
             GOOD + '{"prompt": "a", "answer": "b"}\n',
             "p.jsonl",
-            "p.jsonl: row 2: 'response' must be non-empty text",
+            "p.jsonl: line 2: 'response' must be non-empty text",
         ),
         (
             GOOD + '{"prompt": 7, "response": "b"}\n',
             "p.jsonl",
-            "p.jsonl: row 2: 'prompt' must be non-empty text",
+            "p.jsonl: line 2: 'prompt' must be non-empty text",
         ),
         (
             '{"question": "a", "answer": "b"}\n',
@@ -177,9 +188,9 @@ def test_good_persona_files_pass_in_every_format(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ("0\ta\tgood film\t4\n1\tb\tbad film\t9\n", "row 2: label '9' is not one of 0..4 (data.labels)"),
-        ("0\ta\tgood film\t4\n1\tb\t \t1\n", "row 2: the text in column 'sentence' is missing or empty"),
-        ("0\ta\tgood film\t\n", "row 1: the label is missing"),
+        ("0\ta\tgood film\t4\n1\tb\tbad film\t9\n", "line 3: label '9' is not one of 0..4 (data.labels)"),
+        ("0\ta\tgood film\t4\n1\tb\t \t1\n", "line 3: the text in column 'sentence' is missing or empty"),
+        ("0\ta\tgood film\t\n", "line 2: the label is missing"),
         ("0\ta\tgood film\n", "line 2: 3 fields, expected 4"),
     ],
 )
@@ -191,6 +202,25 @@ def test_malformed_classification_files_name_the_row(tmp_path: Path, rows: str, 
     )
     with pytest.raises(LoraftError, match=re.escape(f"{path}: {message}")):
         check_recipe(recipe, [tmp_path])
+
+
+def test_the_file_to_predict_is_checked_with_the_others(tmp_path: Path) -> None:
+    good = tmp_path / "sst.csv"
+    good.write_text(SST_HEADER + "0\ta\tgood film\t4\n")
+    unlabelled = tmp_path / "test.csv"
+    unlabelled.write_text("\tid\ttext\n0\ta\tgood film\n")  # a column named text, not sentence
+    recipe = load_recipe(
+        RECIPES / "sst-lora.yaml", [f"data.train={good}", f"data.eval={good}", f"data.predict={unlabelled}"]
+    )
+    with pytest.raises(LoraftError, match=re.escape(f"{unlabelled}: column 'sentence' not found")):
+        check_recipe(recipe, [tmp_path])
+
+
+def test_pipes_and_devices_are_not_data_files(tmp_path: Path) -> None:
+    fifo = tmp_path / "rows.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(LoraftError, match="rows.jsonl: not a regular file"):
+        check_recipe(load_recipe(RECIPES / "joker.yaml", [f"data.train={fifo}"]), [tmp_path])
 
 
 def test_text_and_sonnet_files_are_checked(tmp_path: Path) -> None:
@@ -219,9 +249,10 @@ def test_loraft_validate_reports_each_bad_recipe_in_one_line_quickly(tmp_path: P
     bad = tmp_path / "bad.yaml"
     bad.write_text("extends: " + str(RECIPES / "sst-lora.yaml") + "\ndata: {labels: null}\n")
     started = time.perf_counter()
-    code, out, err = loraft("validate", RECIPES / "joker.yaml", bad, RECIPES / "news.yaml")
+    code, out, err = loraft("validate", RECIPES / "joker.yaml", bad, RECIPES / "quickstart.yaml")
     assert time.perf_counter() - started < 5
     assert code == 2 and out.count("ok ") == 2
     assert (
-        err.strip() == "error data.labels: list two or more label names in order, e.g. [negative, positive]"
+        err.strip()
+        == f"error: {bad}: data.labels: list two or more label names in order, e.g. [negative, positive]"
     )

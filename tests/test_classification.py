@@ -73,12 +73,21 @@ def test_recipe_loads_as_a_classification_task(name: str) -> None:
     assert (recipe.data.hub is None) == name.startswith("cfimdb")  # no hub copy of CFIMDB
 
 
-def test_loraft_validate_accepts_every_classification_recipe(loraft) -> None:
+def test_loraft_validate_accepts_every_classification_recipe(
+    loraft, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quora's full files are not in ../shared/data (30-row samples are): offline, with no
+    cached hub copy either, its recipes are one line each at once."""
     shared_file("cs224n/ids-cfimdb-train.csv")
-    names = (RECIPES / name for name in CLASSIFICATION_RECIPES)
-    code, out, err = loraft("validate", *names, "--data-root", SHARED_DATA)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
+    local = [RECIPES / name for name in CLASSIFICATION_RECIPES if not name.startswith("quora")]
+    code, out, err = loraft("validate", *local, "--data-root", SHARED_DATA)
     assert code == 0, err
-    assert out.count("ok ") == len(CLASSIFICATION_RECIPES)
+    assert out.count("ok ") == len(local)
+    code, out, err = loraft("validate", RECIPES / "quora-lora.yaml", "--data-root", SHARED_DATA)
+    assert code == 2 and "the hub copy 'nyu-mll/glue' is not in the local cache" in err
+    code, out, err = loraft("validate", RECIPES / "quora-lora.yaml", RECIPES / "quora-full.yaml", "--no-data")
+    assert code == 0, err
 
 
 # --- labels, columns, errors -----------------------------------------------------------------
@@ -115,9 +124,9 @@ def test_a_bad_label_or_missing_text_in_a_file_names_file_and_row(tmp_path: Path
     bad_label = write_sst_file(tmp_path / "bad-label.csv", rows)
     no_text = write_sst_file(tmp_path / "no-text.csv", [("a fine film", "4"), ("", "1")])
     task = task_for("sst-lora.yaml")
-    with pytest.raises(LoraftError, match=rf"{bad_label}: row 17: label '7' is not one of 0\.\.4"):
+    with pytest.raises(LoraftError, match=rf"{bad_label}: line 18: label '7' is not one of 0\.\.4"):
         task.rows_from_table(read_table(bad_label))
-    with pytest.raises(LoraftError, match=rf"{no_text}: row 2: the text in column 'sentence' is missing"):
+    with pytest.raises(LoraftError, match=rf"{no_text}: line 3: the text in column 'sentence' is missing"):
         task.rows_from_table(read_table(no_text))
 
 
@@ -135,7 +144,7 @@ def test_cli_reports_a_bad_label_in_one_line_with_exit_code_2(
         f"output_dir={tmp_path / 'run'}",
     )
     assert code == 2
-    assert err.strip() == f"error: {bad}: row 2: label '9' is not one of 0..4 (data.labels)"
+    assert err.strip() == f"error: {bad}: line 3: label '9' is not one of 0..4 (data.labels)"
     assert not (tmp_path / "run").exists()
 
 

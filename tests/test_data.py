@@ -79,7 +79,7 @@ def test_persona_rows_with_a_missing_field_name_the_row(tmp_path: Path) -> None:
     data = tmp_path / "p.jsonl"
     data.write_text('{"prompt": "hi", "response": "hello there"}\n{"prompt": "yo", "response": ""}\n')
     recipe = load_recipe(RECIPES / "joker.yaml", [f"data.train={data}"])
-    with pytest.raises(LoraftError, match=r"p.jsonl: row 2: 'response' must be non-empty text"):
+    with pytest.raises(LoraftError, match=r"p.jsonl: line 2: 'response' must be non-empty text"):
         build_task(recipe, data_roots()).load_rows()
 
 

@@ -66,6 +66,27 @@ def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
         ("task: news\n", ["generation.context_window=[300, 200]"], "needs 1 <= lo <= hi"),
         ("task: news\ntrain: [1, 2\n", [], "line"),
         ("- a list\n", [], "a recipe must be a mapping"),
+        ("task: news\ntrain: {lr: abc}\ntrain: {epochs: 2}\n", [], "line 3: key 'train' is given twice"),
+        ("task: news\nx: &a [1]\ny: *a\n", [], "line 3: YAML aliases (*name) are not supported"),
+        ("task: news\ntrain: {batch_size: true}\n", [], "train.batch_size: expected a number, not true"),
+        ("task: news\ntrain: {epochs: .inf}\n", [], "train.epochs: Input should be a finite number"),
+        ("task: news\n", ["train.lr=.nan"], "train.lr: Input should be a finite number"),
+        ("task: news\n", ["train.seed=-1"], "train.seed: Input should be greater than or equal to 0"),
+        ("task: news\n", ["lora.target_modules=[c_attn, c_attn]"], "expected distinct, non-empty"),
+        ("task: news\n", ["lora.target_modules=['']"], "expected distinct, non-empty"),
+        ("task: news\n", ["data.labels=[' 1', '2']"], "must not start or end with spaces"),
+        ("task: news\nstudy: {decoders: {}}\n", [], "study.decoders: Dictionary should have at least 1"),
+        ("task: news\ndescription: " + "x" * 500 + "\nname: [1]\n", [], "(got [1])"),
+        (
+            "task: news\nstudy: {decoders: {a: {tempature: 1}}}\n",
+            [],
+            ":2: study.decoders.a.tempature: unknown generation setting; did you mean 'temperature'?",
+        ),
+        (
+            "task: news\n",
+            ["study.decoders={a: {top_k: -1}}", "train.lr=1e-3"],
+            "override 'study.decoders={a: {top_k: -1}}': study.decoders.a.top_k",
+        ),
     ],
 )
 def test_bad_recipes_give_one_line_naming_file_and_field(
@@ -87,8 +108,13 @@ def test_extends_cycle_and_missing_base_are_errors(tmp_path: Path) -> None:
     with pytest.raises(LoraftError, match="cycle"):
         load_recipe(tmp_path / "a.yaml")
     write(tmp_path, "extends: nowhere.yaml\ntask: news\n", "c.yaml")
-    with pytest.raises(LoraftError, match="nowhere.yaml: recipe file not found"):
+    with pytest.raises(LoraftError, match=r"c.yaml: extends 'nowhere.yaml': .*nowhere.yaml is not a recipe"):
         load_recipe(tmp_path / "c.yaml")
+
+
+def test_labels_written_as_numbers_are_label_names(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, "task: classification\ndata: {labels: [0, 1, 2]}\n"))
+    assert recipe.data.labels == ["0", "1", "2"]
 
 
 def test_scratch_model_excludes_a_checkpoint_name(tmp_path: Path) -> None:

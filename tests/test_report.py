@@ -56,9 +56,7 @@ def sweep(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 def test_the_grid_runs_each_distinct_point_for_each_seed(sweep: tuple[Path, list]) -> None:
     out, points = sweep
     names = sorted(point.name for point in points)
-    assert names == sorted(
-        f"joker_{m}_seed-{s}" for m in ["lora_r-1", "lora_r-2", "full"] for s in (42, 43)
-    )
+    assert names == sorted(f"joker_{m}_seed-{s}" for m in ["lora_r-1", "lora_r-2", "full"] for s in (42, 43))
     assert {point.status for point in points} == {"finished"}
     recorded = json.loads((out / "sweep.json").read_text())
     assert [row["status"] for row in recorded] == ["finished"] * 6

@@ -79,6 +79,8 @@ def test_a_file_is_not_a_run_directory(tmp_path: Path) -> None:
         ("data.max_length=4096", "data.max_length: 4096 is longer than the model's context (256 positions)"),
         ("generation.max_new_tokens=300", "generation.max_new_tokens: 300 leaves no room for a prompt"),
         ("data.template='Q: {question}'", "data.template: expected exactly one {prompt} placeholder"),
+        ("lora.target_modules=[q_proj]", "lora.target_modules: 'q_proj' is not a GPT-2 layer"),
+        ("data.max_length=8", "no training row has a target token"),  # found once tokenized
     ],
 )
 def test_a_bad_rerun_with_overwrite_keeps_the_earlier_run(

@@ -12,7 +12,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from loraft.data import Table, find_data_file, load_hub_split, read_table, require_data_file, to_dataset
+from loraft.data import (
+    Table,
+    find_data_file,
+    load_hub_split,
+    read_table,
+    require_data_file,
+    require_hub_copy,
+    to_dataset,
+)
 from loraft.errors import LoraftError
 from loraft.recipe import Recipe
 
@@ -61,11 +69,13 @@ class Task(ABC):
     def check_data(self) -> None:
         """Read the first rows of every data file through the training code; raise the first
         problem (missing file, encoding, structure, columns, values). A hub copy is checked
-        when training loads it: validation downloads nothing."""
-        if not self.reads_hub():
-            for table in self._read_tables(preview=PREVIEW_ROWS):
-                if table is not None:
-                    self.rows_from_table(table)
+        when training loads it (validation downloads nothing); offline, it must be cached."""
+        if self.reads_hub():
+            require_hub_copy(self.recipe.data.hub, self._why_hub())
+            return
+        for table in self._read_tables(preview=PREVIEW_ROWS):
+            if table is not None:
+                self.rows_from_table(table)
 
     def reads_hub(self) -> bool:
         """True when the training file is absent and the recipe's hub dataset stands in."""
@@ -160,9 +170,10 @@ class Task(ABC):
         """The train and eval tables: local files when present, else the recipe's hub dataset."""
         data = self.recipe.data
         if self.reads_hub():
-            missing = f"'{data.train}' is not under the data roots, " if data.train else ""
-            train = load_hub_split(data.hub, data.hub.train_split, missing)
-            return train, load_hub_split(data.hub, data.hub.eval_split, missing)
+            why = self._why_hub()
+            return load_hub_split(data.hub, data.hub.train_split, why), load_hub_split(
+                data.hub, data.hub.eval_split, why
+            )
         train = read_table(
             require_data_file("data.train", data.train, self.roots), self.column_names(), preview
         )
@@ -171,6 +182,14 @@ class Task(ABC):
         return train, read_table(
             require_data_file("data.eval", data.eval, self.roots), self.column_names(), preview
         )
+
+    def _why_hub(self) -> str:
+        """Why the hub copy stands in: the local file that is missing."""
+        train = self.recipe.data.train
+        if not train:
+            return ""
+        roots = ", ".join(str(root) for root in self.roots) or "none"
+        return f"'{train}' is not under the data roots ({roots}), "
 
     def column_names(self) -> list[str] | None:
         """Names for the columns of header-less files; None when files have a header."""

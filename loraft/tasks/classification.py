@@ -28,7 +28,7 @@ from loraft.data import (
 from loraft.errors import LoraftError
 from loraft.recipe import Recipe
 from loraft.run_dir import PREDICTIONS_FILE
-from loraft.tasks.base import IGNORE_INDEX, Batch, Task
+from loraft.tasks.base import IGNORE_INDEX, PREVIEW_ROWS, Batch, Task
 
 if TYPE_CHECKING:
     import torch
@@ -76,18 +76,27 @@ class ClassificationTask(Task):
         self.labels = labels
         self.label_index = {name: index for index, name in enumerate(labels)}
         self.predict_path: Path | None = None
+        self.predict_rows = None  # read with the training rows: a bad row stops the run before it starts
 
     def model_options(self) -> dict[str, Any]:
         return {"num_labels": len(self.labels)}
 
     # --- data ---------------------------------------------------------------------------
 
+    def check_data(self) -> None:
+        super().check_data()
+        path = self._find_predict_file()
+        if path is not None:
+            self.rows_from_table(read_table(path, preview=PREVIEW_ROWS), labelled=False)
+
     def load_rows(self, preview: int | None = None):
-        """Train and eval rows; the file to predict is looked up (and previewed) now."""
+        """Train and eval rows; the file to predict is read now too, so that its mistakes stop
+        the run before training, not after."""
         train, evaluation = super().load_rows(preview)
         self.predict_path = self._find_predict_file()
-        if preview is not None and self.predict_path is not None:
-            self.rows_from_table(read_table(self.predict_path, preview=preview), labelled=False)
+        if self.predict_path is not None:
+            table = read_table(self.predict_path, preview=preview)
+            self.predict_rows = to_dataset(self.rows_from_table(table, labelled=False), table.where)
         return train, evaluation
 
     def rows_from_table(self, table: Table, labelled: bool = True) -> list[dict[str, Any]]:
@@ -97,7 +106,7 @@ class ClassificationTask(Task):
         columns = {field: self._column(table, field) for field in fields}
         rows = []
         for index, row in enumerate(table.rows):
-            where = f"{table.where}: row {index + 1}"
+            where = table.place(index)
             out: dict[str, Any] = {}
             for field, column in columns.items():
                 if field == "label":
@@ -236,11 +245,9 @@ class ClassificationTask(Task):
         """Predict `data.predict` with the model given and write `<output>/predictions.csv`."""
         from accelerate import PartialState
 
-        if self.predict_path is None:
+        if self.predict_rows is None:
             return {"labels": self.labels}
-        rows = to_dataset(
-            self.rows_from_table(read_table(self.predict_path), labelled=False), str(self.predict_path)
-        )
+        rows = self.predict_rows
         predicted = self.predict(model(), rows, tokenizer)
         path = Path(output) / PREDICTIONS_FILE
         if PartialState().is_main_process:

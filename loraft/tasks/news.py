@@ -33,7 +33,7 @@ class NewsTask(CausalLMTask):
         for index, row in enumerate(table.rows):
             parts = [row.get(field) for field in fields]
             if not all(isinstance(part, str) for part in parts) or not "".join(parts).strip():
-                raise LoraftError(f"{table.where}: row {index + 1}: expected text in {', '.join(fields)}")
+                raise LoraftError(f"{table.place(index)}: expected text in {', '.join(fields)}")
             rows.append({"text": clean_ag_news("\n".join(part.strip() for part in parts))})
         return rows
 

@@ -30,6 +30,10 @@ class PersonaTask(CausalLMTask):
             ) from None
         if fields != ["prompt"]:
             raise LoraftError(f"data.template: expected exactly one {{prompt}} placeholder, got {template!r}")
+        try:  # conversions and format specs ({prompt!r}, {prompt:>{x}}) fail only when applied
+            template.format(prompt="text")
+        except (ValueError, KeyError, IndexError) as error:
+            raise LoraftError(f"data.template: {template!r} cannot be filled in: {error}") from None
 
     @property
     def template(self) -> str:
@@ -47,7 +51,7 @@ class PersonaTask(CausalLMTask):
             pair = {"prompt": row.get(prompt_column), "response": row.get(response_column)}
             for field, value in pair.items():
                 if not isinstance(value, str) or not value.strip():
-                    raise LoraftError(f"{table.where}: row {index + 1}: '{field}' must be non-empty text")
+                    raise LoraftError(f"{table.place(index)}: '{field}' must be non-empty text")
             rows.append(pair)
         return rows
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from loraft.data import read_text, require_data_file
 from loraft.errors import LoraftError
 from loraft.tasks.causal_lm import TextFileTask
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class TextTask(TextFileTask):
