@@ -73,7 +73,7 @@ def train(
     try:
         result = train_recipe(loaded, data_root, overwrite)
     except RunInterrupted as stopped:
-        raise _Interrupted(str(stopped).replace("<recipe>", str(recipe))) from None
+        raise _Interrupted(str(stopped)) from None
     if result.is_main_process:
         typer.echo(summary_lines(result.summary))
 
@@ -109,10 +109,15 @@ def validate(
 @app.command()
 def plan(recipe: RecipeArg, overrides: Overrides = None, as_json: JsonFlag = False) -> None:
     """Parameter counts and a memory estimate for a recipe, without downloading weights."""
-    from loraft.plan import format_plan, plan_recipe
+    from loraft.checks import check_recipe
     from loraft.recipe_files import load_recipe
 
-    result = plan_recipe(load_recipe(recipe, overrides))
+    loaded = load_recipe(recipe, overrides)
+    check_recipe(loaded)
+    _quiet_libraries()
+    from loraft.plan import format_plan, plan_recipe
+
+    result = plan_recipe(loaded)
     typer.echo(json.dumps(result, indent=2) if as_json else format_plan(result))
 
 

@@ -110,7 +110,11 @@ def push(folder: Path, repo_id: str) -> None:
 
 
 def _model_facts(recipe: Recipe, summary: dict, checkpoint: str, adapter: bool) -> list[str]:
-    base = recipe.model.name or f"a GPT-2 trained from scratch ({recipe.model.config.model_dump()})"
+    shape = recipe.model.config
+    base = recipe.model.name or (
+        f"a GPT-2 trained from scratch ({shape.n_layer} layers, width {shape.n_embd}, "
+        f"{shape.n_head} heads, {shape.n_positions} positions)"
+    )
     facts = [f"Base model: {base}", f"Method: {recipe.method}" + (" (adapter not merged)" if adapter else "")]
     if recipe.method == "lora":
         lora = recipe.lora
@@ -146,7 +150,7 @@ def _training_facts(recipe: Recipe, summary: dict) -> list[str]:
         f"AdamW, lr {train.lr:g}, warm-up {train.warmup_ratio:g} then linear decay, weight decay "
         f"{train.weight_decay:g}",
         f"Batch {train.batch_size} x accumulation {train.grad_accum}, "
-        f"precision {train.precision}, seed {train.seed}",
+        f"precision {summary.get('precision', train.precision)}, seed {train.seed}",
     ]
     if summary:
         facts.append(

@@ -13,6 +13,7 @@ from loraft.checks import GPT2_SHAPES
 from loraft.errors import LoraftError
 from loraft.model import apply_method, count_parameters
 from loraft.recipe import Recipe
+from loraft.system import resolve_precision
 
 GPT2_VOCAB = 50257
 MB = 2**20
@@ -28,6 +29,8 @@ def model_config(recipe: Recipe) -> GPT2Config:
             n_embd=shape.n_embd,
             n_layer=shape.n_layer,
             n_head=shape.n_head,
+            bos_token_id=recipe.model.tokenizer_vocab_size - 1,  # inside the trained vocabulary
+            eos_token_id=recipe.model.tokenizer_vocab_size - 1,
         )
     name = recipe.model.name.removeprefix("openai-community/")
     if name in GPT2_SHAPES:
@@ -58,7 +61,7 @@ def plan_recipe(recipe: Recipe) -> dict:
         "trainable_pct": 100 * trainable / total,
         "batch_size": recipe.train.batch_size,
         "max_length": recipe.data.max_length,
-        "precision": recipe.train.precision,
+        "precision": resolve_precision(recipe.train.precision),
         "memory_mb": estimate_memory_mb(recipe, config, trainable, total),
     }
 
@@ -72,7 +75,7 @@ def estimate_memory_mb(recipe: Recipe, config: GPT2Config, trainable: int, total
     """
     batch, seq = recipe.train.batch_size, min(recipe.data.max_length, config.n_positions)
     hidden, heads, layers = config.n_embd, config.n_head, config.n_layer
-    scale = 2 if recipe.train.precision == "fp32" else 1
+    scale = 2 if resolve_precision(recipe.train.precision) == "fp32" else 1
     per_layer = seq * batch * hidden * (34 + 5 * heads * seq / hidden) * scale
     if recipe.train.gradient_checkpointing:
         layers_kept = seq * batch * hidden * 2 * scale * layers + per_layer

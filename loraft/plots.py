@@ -9,6 +9,15 @@ from loraft.errors import LoraftError
 from loraft.report import Comparison
 
 FORMATS = ("png", "svg", "pdf")
+# Axis names of the usual metrics, with their units; any other metric shows its key.
+METRIC_LABELS = {
+    "eval_loss": "eval loss (nats per token)",
+    "eval_perplexity": "eval perplexity",
+    "eval_accuracy": "dev accuracy (0-1)",
+    "eval_macro_f1": "dev macro-F1 (0-1)",
+    "gen_chrf": "chrF (0-100)",
+    "gen_bleu": "BLEU (0-100)",
+}
 
 
 def write_plots(comparison: Comparison, out: Path, image_format: str = "png") -> list[Path]:
@@ -70,21 +79,23 @@ def frontier(comparison: Comparison):
             if point.method == "full":
                 axis.axhline(point.mean(comparison.metric), color="black", linestyle=":", linewidth=1)
     axis.set_xscale("log")
+    name = METRIC_LABELS.get(comparison.metric, comparison.metric)
     axis.set(
         xlabel="trainable parameters (log scale)",
-        ylabel=comparison.metric,
-        title=f"{comparison.metric} against trainable parameters (mean ± sd over seeds)",
+        ylabel=name,
+        title=f"{name.split(' (')[0]} against trainable parameters (mean ± sd over seeds)",
     )
     axis.legend(fontsize=8)
     return figure
 
 
 def curves(comparison: Comparison):
-    """Eval loss against optimizer step, every run, one colour a point."""
+    """Eval loss against optimizer step, every run (one line a seed), one colour a point."""
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for index, point in enumerate(comparison.points):
+        seeds = f" ({len(point.runs)} seeds)" if len(point.runs) > 1 else ""
         for number, run in enumerate(point.runs):
             records = [
                 json.loads(line) for line in (Path(run["run"]) / "metrics.jsonl").read_text().splitlines()
@@ -96,12 +107,15 @@ def curves(comparison: Comparison):
                 color=f"C{index % 10}",
                 alpha=0.8,
                 linewidth=1,
-                label=point.label if number == 0 else None,
+                marker=".",  # a run evaluated once is still a point
+                label=point.label + seeds if number == 0 else None,
             )
     axis.set(
-        xlabel="optimizer step", ylabel="eval loss (nats per token)", title="Evaluation loss during training"
+        xlabel="optimizer step",
+        ylabel="eval loss (nats per token)",
+        title="Evaluation loss during training (one colour a setting, one line a seed)",
     )
-    axis.legend(fontsize=7, ncol=2)
+    axis.legend(fontsize=8, ncol=2)
     return figure
 
 
@@ -115,13 +129,19 @@ def resources(comparison: Comparison):
         "black" if point.method != "lora" else f"C{index % 10}"
         for index, point in enumerate(comparison.points)
     ]
-    memory.barh(labels, [p.mean("peak_memory_mb") for p in comparison.points], color=colors)
+    for axis, key in ((memory, "peak_memory_mb"), (speed, "train_tokens_per_s")):
+        axis.barh(
+            labels,
+            [p.mean(key) for p in comparison.points],
+            xerr=[p.std(key) for p in comparison.points],
+            color=colors,
+            capsize=3,
+        )
+        axis.tick_params(axis="y", labelsize=8)
     memory.set(xlabel="peak memory (MB)", title="Peak memory")
-    speed.barh(labels, [p.mean("train_tokens_per_s") for p in comparison.points], color=colors)
-    speed.set(xlabel="training tokens per second", title="Training throughput")
+    speed.set(xlabel="training tokens per second (non-padding)", title="Training throughput")
     speed.set_yticklabels([])
-    for axis in (memory, speed):
-        axis.tick_params(axis="y", labelsize=7)
+    figure.suptitle("Resources per setting (mean ± sd over seeds; black: not LoRA)")
     return figure
 
 

@@ -38,6 +38,7 @@ class Point:
     label: str
     method: str
     runs: list[dict[str, Any]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # the flat recipe, seed keys left out
 
     def values(self, key: str) -> list[float]:
         return [run[key] for run in self.runs if isinstance(run.get(key), int | float)]
@@ -99,13 +100,27 @@ def compare_runs(run_dirs: list[str | Path], metric: str | None = None) -> Compa
         if metric not in row:
             left_out.append(f"{run.path}: has no {metric}")
             continue
-        label = point_label(recipe)
-        points.setdefault(_point_key(recipe), Point(label, recipe.method)).runs.append(row)
+        key = _point_key(recipe)
+        if key not in points:
+            points[key] = Point(point_label(recipe), recipe.method, settings=_settings(recipe))
+        points[key].runs.append(row)
     ordered = sorted(
         points.values(),
         key=lambda p: (p.method == "lora", p.runs[0]["targets"] or "", p.runs[0]["rank"] or 0),
     )
+    _tell_apart(ordered)
     return Comparison(metric, ordered, left_out)
+
+
+def _tell_apart(points: list[Point]) -> None:
+    """Points that share a label get the settings that differ between them added to it."""
+    for label in {point.label for point in points}:
+        alike = [point for point in points if point.label == label]
+        if len(alike) < 2:
+            continue
+        keys = sorted({k for p in alike for k in p.settings if p.settings.get(k) != alike[0].settings.get(k)})
+        for point in alike:
+            point.label += " " + " ".join(f"{key}={point.settings.get(key)}" for key in keys[:2])
 
 
 def run_row(run: RunDirectory, recipe: Recipe, summary: dict) -> dict[str, Any]:
@@ -135,11 +150,16 @@ def _eval_set(recipe: Recipe) -> tuple:
     return tuple(flat.get(key) for key in EVAL_SET_KEYS)
 
 
-def _point_key(recipe: Recipe) -> str:
+def _settings(recipe: Recipe) -> dict[str, Any]:
+    """What a point is: the flat recipe without seed keys (and without lora.* unless LoRA)."""
     flat = _flat(recipe)
     if recipe.method != "lora":  # a rank means nothing without adapters
         flat = {k: v for k, v in flat.items() if not k.startswith("lora.")}
-    return repr(sorted((k, repr(v)) for k, v in flat.items() if k not in SEED_KEYS))
+    return {k: v for k, v in flat.items() if k not in SEED_KEYS}
+
+
+def _point_key(recipe: Recipe) -> str:
+    return repr(sorted((k, repr(v)) for k, v in _settings(recipe).items()))
 
 
 def _flat(recipe: Recipe) -> dict[str, Any]:
@@ -164,6 +184,7 @@ def table_rows(comparison: Comparison) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"point": point.label, "runs": len(point.runs)}
         for key in FIGURES:
             row[key] = point.mean(key)
+        row["trainable_params"] = round(row["trainable_params"])  # the same in every seed
         row[metric] = point.mean(metric)
         row[f"{metric}_std"] = point.std(metric)
         for key in ("trainable_params", "wall_s", "train_tokens_per_s", "peak_memory_mb"):
@@ -189,7 +210,7 @@ def format_comparison(comparison: Comparison) -> str:
                 f"{row['train_tokens_per_s']:,.0f}",
                 f"{row['peak_memory_mb']:,.0f}",
                 f"{row['wall_s']:.1f}",
-                f"{value:.4f} ± {spread:.4f}",
+                _with_spread(value, spread, row["runs"]),
                 "" if difference is None else f"{difference:+.4f}",
             ]
         )
@@ -200,7 +221,19 @@ def format_comparison(comparison: Comparison) -> str:
         )
         for line in lines
     ]
-    return "\n".join(text + [f"left out: {reason}" for reason in comparison.left_out])
+    return "\n".join(text + _notes(comparison))
+
+
+def _with_spread(value: float, spread: float, runs: int) -> str:
+    """`0.4312 ± 0.0120` over several seeds; a single run has no spread to show."""
+    return f"{value:.4f} ± {spread:.4f}" if runs > 1 else f"{value:.4f}"
+
+
+def _notes(comparison: Comparison) -> list[str]:
+    notes = [f"left out: {reason}" for reason in comparison.left_out]
+    if comparison.full is None:
+        notes.append("no full fine-tuning run among these: nothing to measure 'vs full' against")
+    return notes
 
 
 def write_tables(comparison: Comparison, out: Path) -> list[Path]:
@@ -239,11 +272,11 @@ def write_tables(comparison: Comparison, out: Path) -> list[Path]:
             f"{row['train_tokens_per_s']:,.0f}",
             f"{row['peak_memory_mb']:,.0f}",
             f"{row['wall_s']:.1f}",
-            f"{row[metric]:.4f} ± {row[f'{metric}_std']:.4f}",
+            _with_spread(row[metric], row[f"{metric}_std"], row["runs"]),
             "" if difference is None else f"{difference:+.4f}",
             *("" if row[f"{k}_vs_full"] is None else f"{row[f'{k}_vs_full']:.3g}x" for k in ratio_keys),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += [f"\nLeft out: {reason}" for reason in comparison.left_out]
+    lines += ["", *(note[0].upper() + note[1:] for note in _notes(comparison))]
     (out / "comparison.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return [out / "comparison.csv", out / "comparison.md"]

@@ -304,7 +304,8 @@ class Trainer:
             self.save_progress()
         raise RunInterrupted(
             f"interrupted after step {self.progress.step} of {self.total_steps}; saved "
-            f"{self.recipe.run_dir / 'train_state'}; resume with: loraft train <recipe> --resume"
+            f"{self.recipe.run_dir / 'train_state'}; resume with: "
+            f"loraft train {self.recipe.run_dir / 'recipe.yaml'} --resume"
         )
 
     def stop_if_not_finite(self, step: int, loss: float, grad_norm: torch.Tensor | None) -> None:

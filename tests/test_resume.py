@@ -105,11 +105,11 @@ def test_ctrl_c_saves_the_state_says_how_to_resume_and_resume_matches(
     assert process.returncode == 130, err[-2000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("interrupted after step ") and "Traceback" not in err
-    assert last.endswith("resume with: loraft train recipes/joker.yaml --resume")
+    assert last.endswith(f"resume with: loraft train {stopped / 'recipe.yaml'} --resume")
     step = int(last.split()[3])
     assert (stopped / "train_state" / f"step-{step:08d}").is_dir()
     assert json.loads((stopped / "checkpoints" / "last" / "state.json").read_text())["step"] == step
-    train_recipe(load_recipe(RECIPES / "joker.yaml", [*common, f"output_dir={stopped}", "train.resume=true"]))
+    train_recipe(load_recipe(stopped / "recipe.yaml", ["train.resume=true"]))  # the command it printed
     expected, resumed = losses(whole), losses(stopped)
     assert sorted(resumed) == list(range(1, 81))
     np.testing.assert_allclose([resumed[s] for s in expected], list(expected.values()), rtol=1e-6)
