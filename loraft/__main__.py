@@ -1,5 +1,5 @@
 """`python -m loraft` and `accelerate launch -m loraft ...`."""
 
-from loraft.cli import main
+from loraft.entry import main
 
 main()

@@ -84,9 +84,8 @@ def check_generation(settings: GenerationSection, context: int | None, where: st
 
 
 def check_extra_metrics(recipe: Recipe) -> None:
-    """`evaluate:` metrics are well formed, local code is allowed, and each one loads."""
-    if not recipe.eval.generate:
-        return
+    """`evaluate:` metrics are well formed, local code is allowed (whether or not this run
+    generates: `loraft study` scores them too), and, when the run generates, each one loads."""
     for spec in recipe.eval.metrics:
         name, local = parse_metric_spec(spec)
         if local and not recipe.eval.allow_local_metric_code:
@@ -94,6 +93,8 @@ def check_extra_metrics(recipe: Recipe) -> None:
                 f"eval.metrics: {spec!r} runs Python code from {name}; "
                 "set eval.allow_local_metric_code: true if you trust it"
             )
+    if not recipe.eval.generate:
+        return
     from loraft.text_metrics import load_metric
 
     for spec in recipe.eval.metrics:

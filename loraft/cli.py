@@ -398,8 +398,9 @@ def _check_before_loading_torch(recipe, data_root: Path | None, overwrite: bool)
         RunDirectory.check_available(recipe.run_dir, overwrite)
 
 
-class _Interrupted(Exception):
-    """Ctrl-C, or a stopped run with the command that resumes it."""
+class _Interrupted(BaseException):
+    """Ctrl-C, or a stopped run with the command that resumes it (a BaseException, as
+    KeyboardInterrupt is: a library's `except Exception` must not swallow it)."""
 
 
 @contextlib.contextmanager

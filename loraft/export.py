@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 from loraft import __version__
@@ -36,17 +37,22 @@ def export_run(
     recipe = run.read_recipe()
     model, tokenizer = load_trained_model(run, checkpoint, recipe)
     adapter = isinstance(model, PeftModel) and not merge
-    staging = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(staging, ignore_errors=True)
-    if adapter:
-        model.save_pretrained(staging, save_embedding_layers=False)
-        if recipe.model.config is not None:
-            shutil.copytree(run.base_model_path, staging / "base_model")
-    else:
-        (model.merge_and_unload() if isinstance(model, PeftModel) else model).save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    summary = run.read_summary() if run.is_finished() else {}
-    (staging / "README.md").write_text(model_card(recipe, summary, checkpoint, adapter), encoding="utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".loraft-export-{out.name}-", dir=out.parent))  # new, own
+    try:
+        if adapter:
+            model.save_pretrained(staging, save_embedding_layers=False)
+            if recipe.model.config is not None:
+                shutil.copytree(run.base_model_path, staging / "base_model")
+        else:
+            (model.merge_and_unload() if isinstance(model, PeftModel) else model).save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        summary = run.read_summary() if run.is_finished() else {}
+        (staging / "README.md").write_text(model_card(recipe, summary, checkpoint, adapter), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # our own staging folder only
+        raise
+    staging.chmod(0o755)  # mkdtemp makes it private to its owner
     if out.exists():
         out.rmdir()  # empty, checked above
     staging.rename(out)
@@ -75,14 +81,15 @@ def model_card(recipe: Recipe, summary: dict, checkpoint: str, adapter: bool) ->
         "## Data\n\n" + _bullets(_data_facts(recipe, summary)),
         "## Training\n\n" + _bullets(_training_facts(recipe, summary)),
     ]
-    metrics = {k: v for k, v in summary.get("best_eval", {}).items() if isinstance(v, int | float)}
+    evaluated = summary.get("best_eval" if checkpoint == "best" else "final_eval", {})
+    metrics = {k: v for k, v in evaluated.items() if isinstance(v, int | float) and k != "step"}
     if metrics:
         rows = "\n".join(
             f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |"
             for key, value in metrics.items()
         )
         sections.append(
-            f"## Metrics ({checkpoint} checkpoint, step {summary.get('best_step')})\n\n"
+            f"## Metrics ({checkpoint} checkpoint, step {evaluated.get('step')})\n\n"
             f"| metric | value |\n|---|---|\n{rows}"
         )
     sections.append("## Use\n\n```python\n" + _usage(recipe, adapter) + "\n```")

@@ -268,6 +268,13 @@ class Recipe(Section):
     study: StudySection = Field(default_factory=StudySection)
     output_dir: str | None = Field(None, description="run directory; default: runs/<name>")
 
+    @field_validator("output_dir")
+    @classmethod
+    def _a_folder(cls, output_dir: str | None) -> str | None:
+        if output_dir is not None and not output_dir.strip():
+            raise ValueError("expected a folder path, or null for runs/<name>")
+        return output_dir
+
     @field_validator("name")
     @classmethod
     def _name_is_a_folder_name(cls, name: str) -> str:
@@ -314,7 +321,7 @@ class Recipe(Section):
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.output_dir or f"runs/{self.name}")
+        return Path(self.output_dir).expanduser() if self.output_dir else Path("runs") / self.name
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

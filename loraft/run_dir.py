@@ -12,6 +12,7 @@ generations.jsonl, predictions.csv, eval-best/, eval-last/, tensorboard/, wandb/
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,23 +26,26 @@ from loraft.recipe import Recipe
 MARKER = ".loraft-run"
 GENERATIONS_FILE = "generations.jsonl"
 PREDICTIONS_FILE = "predictions.csv"
-TRACKER_DIRS = ("tensorboard", "wandb")
 CHECKPOINT_NAMES = ("best", "last")
-# Everything loraft may write at the top of a run directory; --overwrite removes these only.
+LOCK_FILE = ".loraft-lock"
+# Files and folders loraft writes whole at the top of a run directory; --overwrite removes these
+# (the lock file stays: it is how two processes tell each other the folder is in use).
 OWN_ENTRIES = (
     MARKER,
     "recipe.yaml",
     "metrics.jsonl",
     "summary.json",
     "base_model",
-    "checkpoints",
-    "train_state",
     GENERATIONS_FILE,
     PREDICTIONS_FILE,
     "eval-best",
     "eval-last",
-    *TRACKER_DIRS,
 )
+# Folders loraft shares with whatever a user may put there: only loraft's entries are removed.
+OWN_INSIDE = {
+    "checkpoints": ("best", "last", "best.old", "last.old", ".tmp-best", ".tmp-last"),
+    "train_state": ("step-*", ".tmp-step-*", "*.old"),
+}
 
 
 class RunDirectory:
@@ -100,24 +104,70 @@ class RunDirectory:
     def create(cls, path: str | Path, overwrite: bool = False) -> RunDirectory:
         """A fresh run directory; with `overwrite`, an earlier run's own files are removed first."""
         run = cls.check_available(path, overwrite)
-        if run.is_run():
-            run.remove_own_files()
         try:
             run.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise LoraftError(f"output_dir: cannot create {run.path}: {error.strerror or error}") from None
+        run.lock()
+        if run.is_run():
+            run.remove_own_files()
         marker = {"created_by": "loraft", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_atomically(run.path / MARKER, json.dumps(marker) + "\n")
         return run
 
     def remove_own_files(self) -> None:
-        """Delete what loraft wrote here (marker last); anything else in the folder stays."""
+        """Delete what loraft wrote here (marker last); anything else in the folder stays:
+        a tracker folder only if the run used that tracker, loraft's own checkpoints only."""
+        trackers = self._trackers()
+        own = {*OWN_ENTRIES, *(f".tmp-{name}" for name in OWN_ENTRIES), *trackers}
+        for folder, patterns in OWN_INSIDE.items():
+            if (self.path / folder).is_dir():
+                for entry in list((self.path / folder).iterdir()):
+                    if any(entry.match(pattern) for pattern in patterns):
+                        _remove(entry)
+                with contextlib.suppress(OSError):  # kept when a user's file is inside
+                    (self.path / folder).rmdir()
         for entry in sorted(self.path.iterdir(), key=lambda p: p.name == MARKER):
-            if entry.name in OWN_ENTRIES or entry.name.startswith(".tmp-"):
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
+            if entry.name in own:
+                _remove(entry)
+
+    def _trackers(self) -> list[str]:
+        """The trackers the recipe in this folder listed (their folders are loraft's)."""
+        try:
+            return list(self.read_recipe().train.trackers)
+        except LoraftError:
+            return []
+
+    def lock(self) -> None:
+        """Hold this run for this process (released when it exits): a second process training
+        or resuming the same folder at the same time is refused."""
+        import fcntl
+
+        if getattr(self, "_lock", None) is not None:
+            return
+        stream = (self.path / LOCK_FILE).open("a")
+        try:
+            fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            stream.close()
+            raise LoraftError(f"{self.path}: another loraft process is using this run right now") from None
+        self._lock = stream  # kept open: the lock lasts as long as the process holds it
+
+    @contextlib.contextmanager
+    def held(self):
+        """The run locked for the duration of a `with` block."""
+        self.lock()
+        try:
+            yield self
+        finally:
+            self.unlock()
+
+    def unlock(self) -> None:
+        """Let other processes use the run again (also happens when this process exits)."""
+        stream = getattr(self, "_lock", None)
+        if stream is not None:
+            stream.close()
+            self._lock = None
 
     # --- paths --------------------------------------------------------------------------
 
@@ -213,6 +263,7 @@ def refuse_special_folder(path: Path) -> None:
         (lambda: resolved == (cwd / "runs").resolve(), "the runs folder"),
         (lambda: (resolved / ".git").exists(), "a repository"),
         (lambda: resolved.is_dir() and _holds_runs(resolved), "a folder of runs"),
+        (lambda: any((parent / MARKER).is_file() for parent in resolved.parents), "inside another run"),
     ]
     for refused, what in reasons:
         if refused():
@@ -221,6 +272,13 @@ def refuse_special_folder(path: Path) -> None:
 
 def _holds_runs(folder: Path) -> bool:
     return any((child / MARKER).is_file() for child in folder.iterdir() if child.is_dir())
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink()
 
 
 def write_atomically(path: Path, text: str) -> None:

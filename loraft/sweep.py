@@ -22,7 +22,6 @@ from pathlib import Path
 from loraft.errors import LoraftError
 from loraft.recipe_files import load_recipe
 from loraft.run_dir import RunDirectory, write_atomically
-from loraft.training_state import saved_states
 
 Launch = Callable[[list[str]], tuple[int, str]]  # loraft arguments -> (exit code, last error line)
 
@@ -107,8 +106,6 @@ def run_sweep(
             "train.resume=auto",
             *(["--data-root", str(data_root)] if data_root else []),
         ]
-        if run.is_run() and not saved_states(run.train_state_path):
-            arguments.append("--overwrite")  # stopped before its first saved state: start again
         started = time.perf_counter()
         code, message = launch(arguments)
         point.status, point.message = ("finished", "") if code == 0 else ("failed", message)

@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ class Trackers:
             action()
         except Exception as error:  # a logger must never end a training run
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            print(f"warning: tracker {name} failed and is turned off: {reason}")
+            print(f"warning: tracker {name} failed and is turned off: {reason}", file=sys.stderr)
             if tracker in self.trackers:
                 self.trackers.remove(tracker)
 

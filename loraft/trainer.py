@@ -47,8 +47,9 @@ from loraft.training_state import save_training_state
 TIMING_KEYS = ("tokens_per_s", "seconds")  # the only fields of metrics.jsonl that vary run to run
 
 
-class RunInterrupted(Exception):
-    """SIGINT or SIGTERM stopped the run after saving; the message says how to resume."""
+class RunInterrupted(BaseException):
+    """SIGINT or SIGTERM stopped the run after saving; the message says how to resume.
+    A BaseException, like KeyboardInterrupt: no library's `except Exception` swallows it."""
 
 
 @dataclass
@@ -85,6 +86,7 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.requested = False
+        self.at_once: str | None = None  # set after the last step: stop now, with this message
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
@@ -97,7 +99,16 @@ class StopSignals:
         for number, handler in self._previous.items():
             signal.signal(number, handler)
 
+    def stop_at_once(self, message: str) -> None:
+        """From now on (no step left to finish) a stop raises at once; one asked for during the
+        last step stops here."""
+        self.at_once = message
+        if self.requested:
+            raise RunInterrupted(message)
+
     def _handle(self, number: int, frame: object) -> None:
+        if self.at_once is not None:
+            raise RunInterrupted(self.at_once)
         if self.requested and number == signal.SIGINT:
             previous = self._previous.get(number)
             if callable(previous):
@@ -300,12 +311,24 @@ class Trainer:
 
     def interrupt(self) -> None:
         """Save what the run has (unless the newest state is current) and stop with directions."""
+        recipe_file = self.recipe.run_dir / "recipe.yaml"
+        if self.progress.step == 0:
+            raise RunInterrupted(
+                f"interrupted before the first step: nothing to resume; start again with: "
+                f"loraft train {recipe_file} --overwrite"
+            )
         if self.progress.saved_step != self.progress.step:
             self.save_progress()
         raise RunInterrupted(
             f"interrupted after step {self.progress.step} of {self.total_steps}; saved "
-            f"{self.recipe.run_dir / 'train_state'}; resume with: "
-            f"loraft train {self.recipe.run_dir / 'recipe.yaml'} --resume"
+            f"{self.recipe.run_dir / 'train_state'}; resume with: loraft train {recipe_file} --resume"
+        )
+
+    def finishing_message(self) -> str:
+        """What a stop during the final evaluation says: the last step's state is saved."""
+        return (
+            f"interrupted after the last step ({self.progress.step}), before the final evaluation "
+            f"finished; finish it with: loraft train {self.recipe.run_dir / 'recipe.yaml'} --resume"
         )
 
     def stop_if_not_finite(self, step: int, loss: float, grad_norm: torch.Tensor | None) -> None:

@@ -7,6 +7,7 @@ earlier run replaced (with --overwrite) or reopened (with --resume).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, fields
@@ -62,7 +63,7 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
     require_trackers(recipe.train.trackers)
     precision = resolve_precision(recipe.train.precision)
     accelerator = make_accelerator(recipe, precision)
-    state = resume_point(recipe, overwrite)
+    state, overwrite = resume_point(recipe, overwrite)
     set_seed(recipe.train.seed)
     task = build_task(recipe, roots)
     run, tokenizer, base, train_set, eval_set = prepare_run(recipe, task, state, overwrite, accelerator)
@@ -79,29 +80,30 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
     trackers = Trackers(
         recipe.train.trackers if run else [], recipe.run_dir, recipe.name, run.created() if run else ""
     )
-    with StopSignals() as stop:
+    with StopSignals() as stop, run.held() if run else contextlib.nullcontext():
         trainer = Trainer(recipe, task, accelerator, parts, run, trackers, stop, started)
         if state is not None:
             resume_trainer(trainer, state)
         trackers.start({**recipe.model_dump(mode="json"), **parameter_counts(trainable, total)})
         try:
             progress = trainer.fit()
+            stop.stop_at_once(trainer.finishing_message())
+            final_eval, best_eval = final_metrics(trainer, task, run, eval_set, tokenizer)
         except BaseException:
             trackers.close()
             raise
-    final_eval, best_eval = final_metrics(trainer, task, run, eval_set, tokenizer)
-    trainer.update_clock()
-    summary = {
-        **describe_run(recipe, trainable, total, len(train_set), len(eval_set)),
-        **describe_progress(progress, trainer.order.steps_per_epoch),
-        "final_eval": final_eval,
-        "best_metric": trainer.metric,
-        "best_eval": best_eval,
-        **environment_facts(accelerator, precision),
-    }
-    if run is not None:
-        run.write_summary(summary)
-    trackers.finish(summary)
+        trainer.update_clock()
+        summary = {
+            **describe_run(recipe, trainable, total, len(train_set), len(eval_set)),
+            **describe_progress(progress, trainer.order.steps_per_epoch),
+            "final_eval": final_eval,
+            "best_metric": trainer.metric,
+            "best_eval": best_eval,
+            **environment_facts(accelerator, precision),
+        }
+        if run is not None:
+            run.write_summary(summary)
+        trackers.finish(summary)
     accelerator.end_training()
     # A plain model: without accelerate's autocast wrapper, its forward is the fp32 model the
     # checkpoint reloads to, whatever precision trained it.
@@ -132,10 +134,11 @@ def multi_process_cpu() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
-def resume_point(recipe: Recipe, overwrite: bool) -> Path | None:
-    """The training state to resume from, or None for a fresh run (whose folder is checked)."""
+def resume_point(recipe: Recipe, overwrite: bool) -> tuple[Path | None, bool]:
+    """The training state to resume from (None: a fresh run, whose folder is checked), and
+    whether a fresh run replaces the run in its folder."""
     mode, run = recipe.train.resume, RunDirectory(recipe.run_dir)
-    if mode and overwrite:
+    if mode is True and overwrite:
         raise LoraftError("--overwrite and --resume (train.resume) contradict each other: pick one")
     states = saved_states(run.train_state_path) if mode and run.is_run() else []
     if states:
@@ -151,12 +154,17 @@ def resume_point(recipe: Recipe, overwrite: bool) -> Path | None:
                 f"--resume: {run.path} has finished its {run.read_summary().get('steps')} steps; "
                 "raise train.max_steps or train.epochs to train further"
             )
-        return states[-1]
+        return states[-1], False
     if mode is True:
-        why = "is not a loraft run" if not run.is_run() else "has no saved training state yet"
-        raise LoraftError(f"--resume: {run.path} {why}; start it without --resume")
-    RunDirectory.check_available(run.path, overwrite)
-    return None
+        if not run.is_run():
+            raise LoraftError(f"--resume: {run.path} is not a loraft run; start it without --resume")
+        raise LoraftError(
+            f"--resume: {run.path} stopped before it saved a training state; start it again with --overwrite"
+        )
+    # auto: an unfinished run that never saved a state has nothing to resume: start it again
+    restart = mode == "auto" and run.is_run() and not run.is_finished()
+    RunDirectory.check_available(run.path, overwrite or restart)
+    return None, overwrite or restart
 
 
 def prepare_run(recipe: Recipe, task: Task, state: Path | None, overwrite: bool, accelerator: Accelerator):
@@ -180,7 +188,12 @@ def prepare_run(recipe: Recipe, task: Task, state: Path | None, overwrite: bool,
         check_method(base, recipe, kind)
         train_set, eval_set = tokenized_sets(task, tokenizer, train_rows, eval_rows)
     if accelerator.is_main_process:
-        run = RunDirectory.open(recipe.run_dir) if state else RunDirectory.create(recipe.run_dir, overwrite)
+        run = (
+            RunDirectory.create(recipe.run_dir, overwrite)
+            if state is None
+            else RunDirectory.open(recipe.run_dir)
+        )
+        run.lock()  # held until the process ends (create has taken it already: a no-op then)
         run.write_recipe(recipe)
         if state is not None:
             run.truncate_metrics(int(state.name.split("-")[1]))

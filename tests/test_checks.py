@@ -82,6 +82,11 @@ SST_HEADER = "\tid\tsentence\tsentiment\n"
         ("joker.yaml", ["model.name=./gpt2"], "model.name: './gpt2' is not a folder here"),
         ("joker.yaml", ["model.name=recipes"], "model.name: recipes is a folder but not a model"),
         ("joker.yaml", ["lora.target_modules=[q_proj]"], "lora.target_modules: 'q_proj' is not a GPT-2"),
+        (
+            "news.yaml",
+            ["eval.generate=false", "eval.metrics=['evaluate:/tmp']"],  # loraft study still scores them
+            "eval.metrics: 'evaluate:/tmp' runs Python code from /tmp",
+        ),
         ("joker.yaml", ["data.template='P: {prompt!z}'"], "cannot be filled in: Unknown conversion"),
         ("joker.yaml", ["data.template='P: {prompt:>{x}}'"], "data.template: 'P: {prompt:>{x}}' cannot"),
     ],

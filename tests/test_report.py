@@ -177,17 +177,18 @@ def test_a_rerun_skips_finished_points_resumes_or_restarts_the_others_and_surviv
         launch=in_process,
     )
     assert [point.status for point in again] == ["skipped", "failed"]
-    calls = []
-
-    def recording(arguments: list[str]) -> tuple[int, str]:
-        calls.append(arguments)
-        return 0, ""
-
     resumable = RunDirectory(out / "joker_full_seed-43")
     resumable.summary_path.unlink()  # killed after its last state: it resumes
     restartable = RunDirectory(out / "joker_full_seed-42")
     restartable.summary_path.unlink()
     shutil.rmtree(restartable.train_state_path)  # killed before its first state: it starts again
-    run_sweep(RECIPES / "joker.yaml", quick(tiny_model_dir), GRID, 2, out, launch=recording)
+    calls = []
+
+    def recording(arguments: list[str]) -> tuple[int, str]:
+        calls.append(arguments)
+        return in_process(arguments)
+
+    points = run_sweep(RECIPES / "joker.yaml", quick(tiny_model_dir), GRID, 2, out, launch=recording)
     assert len(calls) == 2 and all("train.resume=auto" in call for call in calls)
-    assert ["--overwrite" in call for call in calls] == [True, False]  # seed 42 first, then 43
+    assert [point.status for point in points].count("finished") == 2
+    assert resumable.is_finished() and restartable.is_finished()

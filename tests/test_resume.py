@@ -16,6 +16,7 @@ from conftest import RECIPES, REPO, joker_recipe, read_records
 
 from loraft.errors import LoraftError
 from loraft.recipe_files import load_recipe
+from loraft.trainer import RunInterrupted
 from loraft.training import train_recipe
 
 # A from-scratch model with dropout: the resumed run must also restore the RNG, the saved base
@@ -162,3 +163,25 @@ def test_keep_last_keeps_that_many_training_states(tiny_model_dir: Path, tmp_pat
         "random_states_0.pkl",
         "trainable.safetensors",
     } <= set(os.listdir(state))  # custom_checkpoint_0: the learning-rate schedule
+
+
+def test_a_stop_during_the_final_evaluation_says_how_to_finish(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C after the last step: the state of that step is saved; --resume finishes the run."""
+    import loraft.training
+
+    run = tmp_path / "run"
+    real = loraft.training.final_metrics
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends, in the middle of the evaluation
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loraft.training, "final_metrics", interrupted)
+    with pytest.raises(RunInterrupted, match=r"after the last step \(4\), before the final evaluation"):
+        train_recipe(joker_recipe(tiny_model_dir, run, "train.max_steps=4"))
+    assert not (run / "summary.json").exists()
+    monkeypatch.setattr(loraft.training, "final_metrics", real)
+    summary = train_recipe(load_recipe(run / "recipe.yaml", ["train.resume=true"])).summary
+    assert summary["steps"] == 4 and (run / "summary.json").is_file()

@@ -30,9 +30,30 @@ def test_overwrite_removes_only_what_loraft_wrote(tiny_model_dir: Path, tmp_path
     (run / "plots").mkdir()
     with pytest.raises(LoraftError, match="a finished run is already there; pass --overwrite"):
         train_recipe(joker_recipe(tiny_model_dir, run, "train.max_steps=2"))
+    # names loraft uses, holding what loraft did not write there
+    mine = [run / "tensorboard" / "my-plots.txt", run / "checkpoints" / "my-export" / "x", run / ".tmp-keep"]
+    for path in mine:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("mine")
     train_recipe(joker_recipe(tiny_model_dir, run, "train.max_steps=3"), overwrite=True)
     assert (run / "my-notes.txt").read_text() == "mine" and (run / "plots").is_dir()
+    assert all(path.read_text() == "mine" for path in mine)  # no trackers in this run: its folder stays
     assert '"steps": 3' in (run / "summary.json").read_text()
+
+
+def test_one_process_at_a_time_trains_a_run(tmp_path: Path) -> None:
+    first = RunDirectory.create(tmp_path / "run")
+    with pytest.raises(LoraftError, match="another loraft process is using this run right now"):
+        RunDirectory(tmp_path / "run").lock()  # its own open file: as another process would
+    first.unlock()
+    RunDirectory(tmp_path / "run").lock()
+
+
+def test_output_dir_is_a_real_folder_path(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert joker_recipe(tiny_model_dir, Path("~/x")).run_dir == tmp_path / "x"
+    with pytest.raises(LoraftError, match="output_dir: expected a folder path"):
+        joker_recipe(tiny_model_dir, Path("~"), "output_dir=''")
 
 
 @pytest.mark.parametrize(
@@ -44,6 +65,7 @@ def test_overwrite_removes_only_what_loraft_wrote(tiny_model_dir: Path, tmp_path
         (lambda tmp, home: Path.cwd() / "runs", "the runs folder"),
         (lambda tmp, home: tmp / "repo", "a repository"),
         (lambda tmp, home: tmp / "runs-of-mine", "a folder of runs"),
+        (lambda tmp, home: tmp / "runs-of-mine" / "a" / "inner", "inside another run"),
     ],
 )
 def test_output_dir_may_not_be_a_folder_that_holds_more_than_a_run(

@@ -93,4 +93,4 @@ def test_a_failing_tracker_is_a_warning_and_the_run_goes_on(
             )
         ).summary
     assert summary["steps"] == 2
-    assert "warning: tracker tensorboard failed and is turned off: disk full" in capsys.readouterr().out
+    assert "warning: tracker tensorboard failed and is turned off: disk full" in capsys.readouterr().err
