@@ -75,6 +75,8 @@ def check_generation(settings: GenerationSection, context: int | None, where: st
             f"{where}.context_window: beam search is not supported with a shortened context; "
             "use strategy greedy or sample"
         )
+    if settings.strategy == "beam" and settings.num_beams < 2:
+        raise LoraftError(f"{where}.num_beams: beam search needs 2 or more beams (1 is greedy decoding)")
     reencoding = settings.context_window is not None and settings.context_mode == "reencode"
     if context is not None and not reencoding and settings.max_new_tokens >= context:
         raise LoraftError(

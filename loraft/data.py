@@ -24,7 +24,11 @@ PREVIEW_BYTES = 1 << 20  # `loraft validate` checks the encoding of a file's fir
 
 def data_roots(explicit: str | Path | None = None) -> list[Path]:
     """The directories searched for recipe data files, first match wins."""
-    candidates = [explicit or os.environ.get("LORAFT_DATA_ROOT"), Path("data"), REPO_DATA]
+    given = explicit or os.environ.get("LORAFT_DATA_ROOT")
+    if given and not Path(given).expanduser().is_dir():
+        where = "--data-root" if explicit else "LORAFT_DATA_ROOT"
+        raise LoraftError(f"{where}: {given} is not a folder")
+    candidates = [Path(given).expanduser() if given else None, Path("data"), REPO_DATA]
     roots: list[Path] = []
     for candidate in candidates:
         if candidate and Path(candidate).resolve() not in roots:

@@ -74,6 +74,7 @@ SST_HEADER = "\tid\tsentence\tsentiment\n"
             "train.trackers: a tracker is listed twice",
         ),
         ("news.yaml", ["train.precision=fp16"], "train.precision: fp16 needs a CUDA GPU"),
+        ("news.yaml", ["generation.strategy=beam", "generation.num_beams=1"], "needs 2 or more beams"),
         (
             "joker.yaml",
             ["model.name=runs/none/checkpoints/best"],

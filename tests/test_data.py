@@ -19,10 +19,14 @@ RECIPES = REPO / "recipes"
 
 
 def test_data_roots_order_explicit_then_env_then_repo(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "env").mkdir()
+    (tmp_path / "cli").mkdir()
     monkeypatch.setenv("LORAFT_DATA_ROOT", str(tmp_path / "env"))
     assert data_roots(tmp_path / "cli")[0] == (tmp_path / "cli").resolve()
     assert data_roots()[0] == (tmp_path / "env").resolve()
     assert (REPO / "data").resolve() in data_roots()
+    with pytest.raises(LoraftError, match="--data-root: .*nowhere is not a folder"):
+        data_roots(tmp_path / "nowhere")
 
 
 def test_missing_file_names_the_field_and_the_roots(tmp_path: Path) -> None:
