@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import TorchDynamoPlugin, set_seed
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
@@ -122,10 +122,15 @@ def make_accelerator(recipe: Recipe, precision: str) -> Accelerator:
         # Python API, a test) may ask for another precision.
         AcceleratorState._reset_state()
     # gradient_accumulation_steps stays 1: the trainer normalises the loss itself (token-exact).
+    # dynamic: batch lengths vary from step to step; one graph for all of them instead of a
+    # recompilation for each new length. (Regional compilation would wrap the tied embedding
+    # and LM head apart, which save_pretrained then refuses.)
+    if recipe.train.compile:
+        dynamo = {"dynamo_plugin": TorchDynamoPlugin(backend="inductor", dynamic=True)}
+    else:
+        dynamo = {"dynamo_backend": "no"}
     return Accelerator(
-        cpu=multi_process_cpu(),
-        mixed_precision="no" if precision == "fp32" else precision,
-        dynamo_backend="inductor" if recipe.train.compile else "no",
+        cpu=multi_process_cpu(), mixed_precision="no" if precision == "fp32" else precision, **dynamo
     )
 
 
