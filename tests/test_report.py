@@ -151,6 +151,22 @@ def test_runs_that_cannot_be_compared_are_named_and_left_out(
     assert f"{tmp_path / 'nothing'}: not a loraft run" in reasons
 
 
+def test_points_that_share_a_label_are_told_apart_and_one_run_shows_no_spread(
+    sweep: tuple[Path, list], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out, _ = sweep
+    lower = tmp_path / "lower-lr"
+    arguments = ["train", str(RECIPES / "joker.yaml"), *quick(tiny_model_dir), "lora.r=1", "train.lr=5e-3"]
+    assert in_process([*arguments, f"output_dir={lower}"])[0] == 0
+    comparison = compare_runs([out / "joker_lora_r-1_seed-42", lower])
+    assert sorted(point.label for point in comparison.points) == [
+        "lora r=1 c_attn train.lr=0.005",
+        "lora r=1 c_attn train.lr=0.01",
+    ]
+    table = format_comparison(comparison)
+    assert "±" not in table and "no full fine-tuning run among these" in table
+
+
 def test_a_rerun_skips_finished_points_resumes_or_restarts_the_others_and_survives_a_failure(
     sweep: tuple[Path, list], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
