@@ -18,3 +18,4 @@ done
 loraft compare runs/study-sonnets/study-* --metric gen_chrf --out studies/lora-vs-full/sonnets
 loraft compare runs/study-sst/study-* --metric eval_accuracy --out studies/lora-vs-full/sst
 loraft compare runs/study-sonnets/study-* --metric eval_loss --out studies/lora-vs-full/sonnets-loss
+loraft compare runs/study-sst/study-* --metric eval_macro_f1 --out studies/lora-vs-full/sst-f1
