@@ -84,7 +84,7 @@ class RunDirectory:
         refuse_special_folder(run.path)
         if run.path.exists() and not run.path.is_dir():
             raise LoraftError(f"output_dir: {run.path} is a file, not a directory")
-        if not run.path.is_dir() or not any(run.path.iterdir()):
+        if not run.path.is_dir() or not any(p.name != LOCK_FILE for p in run.path.iterdir()):
             return run
         if not run.is_run():
             raise LoraftError(

@@ -198,7 +198,7 @@ def prepare_run(recipe: Recipe, task: Task, state: Path | None, overwrite: bool,
             if state is None
             else RunDirectory.open(recipe.run_dir)
         )
-        run.lock()  # held until the process ends (create has taken it already: a no-op then)
+        run.lock()  # until train_recipe ends (create took it already: a no-op then)
         run.write_recipe(recipe)
         if state is not None:
             run.truncate_metrics(int(state.name.split("-")[1]))
