@@ -189,7 +189,8 @@ def generate(
     from loraft.inference import load_generator
 
     generator = load_generator(target, checkpoint, raw)
-    check_generation(settings, context_of(generator.model.config), "generation")  # a hub model's
+    # again with the loaded config: a hub model's context is known only now
+    check_generation(settings, context_of(generator.model.config), "generation")
     framed = [generator.frame(text) for text in prompts]
     continuations = generate_texts(generator.model, generator.tokenizer, framed, settings)
     for text, continuation in zip(prompts, continuations, strict=True):
