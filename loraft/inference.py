@@ -83,6 +83,7 @@ def _from_run(run: RunDirectory, checkpoint: str):
 def _from_model(target: str):
     from transformers import AutoModelForCausalLM
 
+    from loraft.model import with_fused_activations
     from loraft.tokenizer import load_tokenizer
 
     if not is_local(target):
@@ -94,7 +95,7 @@ def _from_model(target: str):
         raise LoraftError(
             f"{target}: not a run directory, and not a loadable model: {reason}{offline_hint()}"
         ) from None
-    return model, load_tokenizer(target)
+    return with_fused_activations(model), load_tokenizer(target)
 
 
 def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:

@@ -5,12 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from peft import PeftModel
+from transformers import GPT2LMHeadModel
+from transformers.activations import GELUTanh, NewGELUActivation
 
+from loraft.checkpoint import load_trained_model
 from loraft.errors import LoraftError
-from loraft.model import apply_method, build_base_model, count_parameters
+from loraft.model import apply_method, build_base_model, count_parameters, with_fused_activations
 from loraft.plan import plan_recipe
 from loraft.recipe_files import load_recipe
+from loraft.run_dir import RunDirectory
 from loraft.tokenizer import load_tokenizer
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -94,3 +99,24 @@ def test_an_unreachable_hub_fails_in_seconds_with_a_hint(tiny_model_dir: Path, m
     message = str(error.value)
     assert "cannot be reached" in message and "HF_HUB_OFFLINE=1" in message and "--data-root" in message
     hub.hub_reachable.cache_clear()
+
+
+def test_the_fused_gelu_is_gpt2s_gelu_to_fp32_rounding(tiny_model_dir: Path) -> None:
+    plain = GPT2LMHeadModel.from_pretrained(tiny_model_dir)
+    fused = with_fused_activations(GPT2LMHeadModel.from_pretrained(tiny_model_dir))
+    assert type(plain.transformer.h[0].mlp.act) is NewGELUActivation
+    assert type(fused.transformer.h[0].mlp.act) is GELUTanh
+    assert fused.config.activation_function == "gelu_new"  # what a checkpoint says is unchanged
+    ids = torch.randint(0, plain.config.vocab_size, (3, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, ours = plain(ids).logits, fused(ids).logits
+    assert (ours - expected).abs().max() <= 1e-5 * expected.abs().max()
+    x = torch.linspace(-8, 8, 10_001, dtype=torch.float64)
+    assert (GELUTanh()(x) - NewGELUActivation()(x)).abs().max() < 1e-14  # the same function
+
+
+def test_every_model_loraft_loads_uses_the_fused_gelu(runs: dict[str, Path]) -> None:
+    for method in ("full", "lora"):
+        model, _ = load_trained_model(RunDirectory(runs[method]), "best")
+        activations = [type(m) for m in model.modules() if "GELU" in type(m).__name__]
+        assert activations and set(activations) == {GELUTanh}, method

@@ -12,7 +12,7 @@ from transformers import GPT2LMHeadModel
 from loraft.data import data_roots
 from loraft.packing import pack_examples
 from loraft.tasks import build_task
-from loraft.tasks.causal_lm import pad_right, per_example_token_loss, token_losses
+from loraft.tasks.causal_lm import pad_right, per_example_token_loss, token_loss_sum
 from loraft.tokenizer import load_tokenizer
 
 
@@ -27,7 +27,7 @@ def features(tiny_model_dir: Path, count: int) -> tuple[list[dict], object]:
 def loss_and_gradient(model: GPT2LMHeadModel, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
     model.zero_grad()
     sums, counts = per_example_token_loss(model, batch)
-    token_losses(model, batch).sum().backward()
+    token_loss_sum(model, batch).backward()
     return sums / counts, [parameter.grad.clone() for parameter in model.parameters()]
 
 

@@ -17,6 +17,7 @@ from transformers import GPT2LMHeadModel, get_linear_schedule_with_warmup
 
 from loraft.data import data_roots
 from loraft.errors import LoraftError
+from loraft.model import with_fused_activations
 from loraft.tasks import build_task
 from loraft.tokenizer import load_tokenizer
 from loraft.trainer import TIMING_KEYS
@@ -49,14 +50,15 @@ def train_split(model_dir: Path, run: Path, batch: int, accum: int, *extra: str)
 
 def reference_loop(model_dir: Path, run: Path) -> tuple[list[float], list[float], GPT2LMHeadModel]:
     """A plain loop: transformers' own loss (mean over the batch's target tokens), AdamW with
-    no decay on 1-D weights, HF's linear schedule, the same 8 examples per step."""
+    no decay on 1-D weights, HF's linear schedule, the same 8 examples per step. The model has
+    loraft's one-kernel GELU (the loop is under test here; test_model checks the GELU)."""
     recipe = joker_recipe(model_dir, run, *PARITY, "train.batch_size=8")
     task = build_task(recipe, data_roots())
     tokenizer = load_tokenizer(str(model_dir))
     train_rows, _ = task.rows()
     examples = task.with_targets(task.tokenize(train_rows, tokenizer), "training").to_list()
     order = np.random.default_rng([recipe.train.seed, 0]).permutation(len(examples))  # the documented order
-    model = GPT2LMHeadModel.from_pretrained(model_dir)
+    model = with_fused_activations(GPT2LMHeadModel.from_pretrained(model_dir))
     model.train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]

@@ -119,7 +119,7 @@ class CausalLMTask(Task):
         return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
     def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        return token_losses(model, batch).sum()
+        return token_loss_sum(model, batch)
 
     def evaluate(self, model: torch.nn.Module, loader, accelerator) -> dict:
         """Token-weighted mean loss over the eval split (not a mean of batch means).
@@ -187,25 +187,63 @@ def score_generations(hypotheses: list[str], references: list[str], metrics: lis
 
 def per_example_token_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of next-token losses, number of predicted tokens) for each example of a batch,
-    packed or not."""
+    packed or not (fp64 sums)."""
     import torch
 
-    losses = token_losses(model, batch)
-    counted = batch["labels"][:, 1:] != IGNORE_INDEX
-    if "example_ids" not in batch:
-        return losses.sum(dim=1), counted.sum(dim=1).double()
-    owners = batch["example_ids"][:, 1:]  # a loss belongs to the example of the token it predicts
-    examples = int(batch["example_ids"].max()) + 1
-    keep = owners >= 0
-    sums = torch.zeros(examples, dtype=losses.dtype, device=losses.device).index_add_(
-        0, owners[keep], losses[keep]
-    )
-    counts = torch.zeros(examples, dtype=torch.float64, device=losses.device)
-    return sums, counts.index_add_(0, owners[keep], counted[keep].double())
+    losses, predicted = token_losses(model, batch)
+    if "example_ids" in batch:  # a loss belongs to the example of the token it predicts
+        owners, examples = batch["example_ids"][:, 1:][predicted], int(batch["example_ids"].max()) + 1
+    else:
+        rows = torch.arange(predicted.shape[0], device=predicted.device)[:, None].expand_as(predicted)
+        owners, examples = rows[predicted], predicted.shape[0]
+    fp64 = {"dtype": torch.float64, "device": losses.device}
+    sums = torch.zeros(examples, **fp64).index_add_(0, owners, losses.double())
+    return sums, torch.zeros(examples, **fp64).index_add_(0, owners, torch.ones(len(owners), **fp64))
 
 
-def token_losses(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Next-token cross-entropy (fp32) of every position, 0 where the label is ignored.
+def token_loss_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """The sum of the next-token losses of the batch's targets (fp32), differentiable."""
+    from loraft.lm_loss import fused_head_weight, head_loss_sum
+
+    predicted, targets = predicted_positions(batch)
+    weight = fused_head_weight(model)
+    if weight is None:
+        return logits_token_losses(model, batch)[predicted].sum()
+    return head_loss_sum(final_hidden_states(model, batch)[:, :-1][predicted], weight, targets)
+
+
+def token_losses(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss of each predicted token (fp32, no gradients) and the (rows, length - 1) mask of
+    the positions that predict them."""
+    from loraft.lm_loss import fused_head_weight, head_token_losses
+
+    predicted, targets = predicted_positions(batch)
+    weight = fused_head_weight(model)
+    if weight is None:
+        return logits_token_losses(model, batch)[predicted], predicted
+    hidden = final_hidden_states(model, batch)[:, :-1][predicted]
+    return head_token_losses(hidden, weight, targets), predicted
+
+
+def predicted_positions(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a next token is predicted (position i predicts label i + 1), and those labels."""
+    following = batch["labels"][:, 1:]
+    predicted = following != IGNORE_INDEX
+    return predicted, following[predicted]
+
+
+def final_hidden_states(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """The last layer's output (after the final layer norm), with no logits computed."""
+    import torch
+
+    none = torch.zeros(0, dtype=torch.long, device=batch["input_ids"].device)
+    outputs = model(**model_inputs(model, batch), logits_to_keep=none, output_hidden_states=True)
+    return outputs.hidden_states[-1]
+
+
+def logits_token_losses(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Next-token cross-entropy (fp32) of every position from the model's logits, 0 where the
+    label is ignored: the path for heads `loraft.lm_loss` does not take (see there).
 
     The logits are flattened to contiguous (tokens, vocabulary) rows, the layout in which
     transformers computes its own loss, so the two agree to the last bit.

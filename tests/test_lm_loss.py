@@ -1,0 +1,115 @@
+"""The chunked output-layer loss gives the numbers of the plain logits path: the same loss and
+the same gradients (fp32, 1e-5), for full fine-tuning (a tied, trained head) and LoRA (a frozen
+head), in training and in evaluation, packed or padded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from test_packing import features
+from transformers import GPT2LMHeadModel
+
+from loraft import lm_loss
+from loraft.packing import pack_examples
+from loraft.tasks import causal_lm
+from loraft.tasks.causal_lm import pad_right, per_example_token_loss, token_loss_sum
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks that do not divide the sizes below: every edge of the chunking is crossed."""
+    monkeypatch.setattr(lm_loss, "ROWS", 7)
+    monkeypatch.setattr(lm_loss, "COLUMNS", 300)
+
+
+def plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lm_loss, "fused_head_weight", lambda model: None)
+
+
+def close(ours: torch.Tensor, reference: torch.Tensor) -> None:
+    assert (ours - reference).norm() <= 1e-5 * reference.norm() + 1e-7
+
+
+@pytest.mark.usefixtures("small_chunks")
+@pytest.mark.parametrize("weight_trains", [True, False])
+def test_head_loss_and_gradients_equal_cross_entropy(weight_trains: bool) -> None:
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(30, 16, generator=generator, requires_grad=True)
+    weight = (torch.randn(1000, 16, generator=generator) * 0.3).requires_grad_(weight_trains)
+    targets = torch.randint(0, 1000, (30,), generator=generator)
+    targets[:3] = torch.tensor([0, 299, 999])  # first and last columns of a chunk, and of all
+    expected = F.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+    expected_grads = torch.autograd.grad(expected * 0.37, [hidden, weight] if weight_trains else [hidden])
+    ours = lm_loss.head_loss_sum(hidden, weight, targets)
+    grads = torch.autograd.grad(ours * 0.37, [hidden, weight] if weight_trains else [hidden])
+    torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-5)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        close(grad, expected_grad)
+    per_token = F.cross_entropy(hidden @ weight.T, targets, reduction="none")
+    torch.testing.assert_close(lm_loss.head_token_losses(hidden, weight, targets), per_token)
+
+
+def model_loss_and_gradients(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    loss = token_loss_sum(model, batch)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+
+@pytest.mark.usefixtures("small_chunks")
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("packed", [True, False])
+def test_model_loss_and_gradients_equal_the_logits_path(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, method: str, packed: bool
+) -> None:
+    examples, tokenizer = features(tiny_model_dir, 6)
+    batch = pack_examples(examples, 160, tokenizer.pad_token_id) if packed else pad_right(examples, 0)
+    model = GPT2LMHeadModel.from_pretrained(tiny_model_dir)
+    if method == "lora":
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True)
+        model = get_peft_model(model, config)
+        torch.nn.init.normal_(model.base_model.model.transformer.h[0].attn.c_attn.lora_B.default.weight)
+    assert lm_loss.fused_head_weight(model) is not None
+    loss, grads = model_loss_and_gradients(model, batch)
+    with torch.inference_mode():
+        sums, counts = per_example_token_loss(model, batch)
+    with monkeypatch.context() as patch:
+        plain_path(patch)
+        expected_loss, expected_grads = model_loss_and_gradients(model, batch)
+        with torch.inference_mode():
+            expected_sums, expected_counts = per_example_token_loss(model, batch)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-6, atol=1e-5)
+    assert len(grads) == len(expected_grads) > 0
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        close(grad, expected_grad)
+    torch.testing.assert_close(sums, expected_sums, rtol=1e-6, atol=1e-5)
+    assert torch.equal(counts, expected_counts)
+    assert counts.sum() == causal_lm.predicted_positions(batch)[0].sum()
+
+
+def test_bf16_autocast_matches_the_logits_path_under_autocast(tiny_model_dir: Path, monkeypatch) -> None:
+    examples, tokenizer = features(tiny_model_dir, 6)
+    batch = pack_examples(examples, 160, tokenizer.pad_token_id)
+    model = GPT2LMHeadModel.from_pretrained(tiny_model_dir)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, grads = model_loss_and_gradients(model, batch)
+        plain_path(monkeypatch)
+        expected_loss, expected_grads = model_loss_and_gradients(model, batch)
+    assert all(grad.dtype == torch.float32 for grad in grads)
+    torch.testing.assert_close(loss, expected_loss, rtol=2e-3, atol=0)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        assert (grad - expected_grad).norm() <= 0.05 * expected_grad.norm()
+
+
+def test_heads_the_chunked_loss_cannot_use_take_the_logits_path(tiny_model_dir: Path) -> None:
+    model = GPT2LMHeadModel.from_pretrained(tiny_model_dir)
+    assert lm_loss.fused_head_weight(model) is model.lm_head.weight
+    on_head = get_peft_model(model, LoraConfig(r=2, target_modules=["lm_head"]))
+    assert lm_loss.fused_head_weight(on_head) is None  # LoRA on the head itself
+    sharded = GPT2LMHeadModel.from_pretrained(tiny_model_dir)
+    sharded.lm_head.weight = torch.nn.Parameter(torch.zeros(0))  # as ZeRO-3 and FSDP leave it
+    assert lm_loss.fused_head_weight(sharded) is None
