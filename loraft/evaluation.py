@@ -23,7 +23,7 @@ def evaluate_run(
     from accelerate import Accelerator
 
     from loraft.checkpoint import load_trained_model
-    from loraft.system import resolve_precision
+    from loraft.system import keep_freed_memory, resolve_precision
     from loraft.tasks import build_task
     from loraft.training import eval_loader_for, evaluate
 
@@ -34,6 +34,8 @@ def evaluate_run(
     eval_set = task.with_targets(task.tokenize(eval_rows, tokenizer), "evaluation")
     precision = resolve_precision(recipe.train.precision)
     accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision)
+    if accelerator.device.type == "cpu":
+        keep_freed_memory()
     model, loader = accelerator.prepare(model, eval_loader_for(recipe, task, eval_set, tokenizer))
     metrics = evaluate(model, task, loader, accelerator)
     output = run.output_folder(checkpoint)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import resource
 import sys
 
@@ -27,6 +29,29 @@ def resolve_precision(precision: str) -> str:
 def cpu_has_native_bf16() -> bool:
     """avx512_bf16 or AMX: bf16 matmul in hardware."""
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep the memory a CPU run frees, for its next step to reuse.
+
+    By default glibc maps every block above 32 MB afresh and unmaps it when freed, so each
+    step's gradients, activations and logits chunks are new pages, each zeroed by the kernel on
+    first touch: 0.1 s for GPT-2's 154 MB embedding gradient on a 2-core machine. Measured on
+    GPT-2 small full fine-tuning (AVX512 CPU): 10-15% more tokens/s, peak RSS 1% higher. The
+    same effect as jemalloc or tcmalloc (PyTorch's CPU tuning guide), without preloading them.
+    False where the C library is not glibc (nothing changes there).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others: no mallopt
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -36,7 +36,7 @@ from loraft.model import (
 )
 from loraft.recipe import BUDGET_KEYS, Recipe
 from loraft.run_dir import RunDirectory
-from loraft.system import cpu_has_native_bf16, environment_facts, resolve_precision
+from loraft.system import cpu_has_native_bf16, environment_facts, keep_freed_memory, resolve_precision
 from loraft.tasks import build_task
 from loraft.tasks.base import Task
 from loraft.tokenizer import load_tokenizer
@@ -63,6 +63,8 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
     require_trackers(recipe.train.trackers)
     precision = resolve_precision(recipe.train.precision)
     accelerator = make_accelerator(recipe, precision)
+    if accelerator.device.type == "cpu":
+        keep_freed_memory()
     state, overwrite = resume_point(recipe, overwrite)
     set_seed(recipe.train.seed)
     task = build_task(recipe, roots)
