@@ -10,14 +10,17 @@ values) with one byte-level BPE for both, on real data from ../shared/data:
   (b) CFIMDB classification (reviews cut at 512 tokens), LoRA r=8: loraft against
       transformers' Trainer (TRL has no classification trainer)
   (c) evaluation (loss) over (a)'s 500 held-out articles
+  (a16) workload (a) in bf16 (loraft's `precision: auto` on such a CPU, TRL with bf16=True):
+      only on a CPU with native bf16 (avx512_bf16 or AMX)
 
 Throughput is non-padding tokens per second over the steps after `--warmup` (evaluation:
-target tokens per second over the whole pass). The ceiling is the matmul peak measured here at
-the start divided by 6N FLOPs a token for full fine-tuning, 4N for LoRA (no weight gradients
-for frozen weights) and 2N for evaluation, N = 124,439,808. Both sides run in fp32 (TRL's
-default is bf16, which this CPU only emulates).
+target tokens per second over the whole pass). The ceiling is the matmul peak in the precision
+the row runs in (the mean of one measured just before and one just after that run: a shared
+machine's speed drifts over a 30-minute benchmark), divided by 6N FLOPs a token for full fine-tuning,
+4N for LoRA (no weight gradients for frozen weights) and 2N for evaluation, N = 124,439,808.
+Workloads a, b and c run in fp32 on both sides.
 
-    python benchmarks/vs_trl.py [--steps 8] [--warmup 2] [--workloads a,b,c] [--json]
+    python benchmarks/vs_trl.py [--steps 8] [--warmup 2] [--workloads a,b,c,a16] [--json]
 """
 
 from __future__ import annotations
@@ -45,20 +48,34 @@ def main() -> None:
         return
     import torch
 
-    peak = matmul_peak_gflops()
+    from loraft.system import cpu_has_native_bf16
+
+    workloads = args.workloads.split(",")
+    if "a16" in workloads and not cpu_has_native_bf16():
+        print("skipping a16: this CPU has no native bf16 (bf16 would be emulated)", file=sys.stderr)
+        workloads.remove("a16")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     capability = torch.backends.cpu.get_cpu_capability()
     with tempfile.TemporaryDirectory() as scratch:
         model = Path(scratch) / "gpt2-small"
         run_worker(args, "build", "--model", str(model))
         results = []
-        for workload in args.workloads.split(","):
+        for workload in workloads:
+            precision = "bf16" if workload == "a16" else "fp32"
+            common = ["--model", str(model), "--scratch", scratch, "--precision", precision]
             for group, name, worker, extra, flops in PLAN[workload]:
-                figures = run_worker(args, worker, "--model", str(model), "--scratch", scratch, *extra)
+                # A shared machine's speed drifts: each run's ceiling comes from the peak measured
+                # just before and just after it (the parent is idle while the worker runs).
+                before = matmul_peak_gflops(dtypes[precision])
+                figures = run_worker(args, worker, *common, *extra)
+                peak = (before + matmul_peak_gflops(dtypes[precision])) / 2
                 ceiling = peak * 1e9 / (flops * N_PARAMS)
-                results.append({"group": group, "setup": name, **figures, "ceiling": ceiling})
+                results.append(
+                    {"group": group, "setup": name, **figures, "precision": precision, "peak_gflops": peak}
+                    | {"ceiling": ceiling}
+                )
     report = {
         "cpu_capability": capability,
-        "matmul_peak_gflops": peak,
         "threads": torch.get_num_threads(),
         "results": results,
     }
@@ -69,7 +86,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="measured optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="steps run before measuring")
-    parser.add_argument("--workloads", default="a,b,c")
+    parser.add_argument("--workloads", default="a,b,c,a16")
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--json", action="store_true", help="print one JSON object, no table")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -77,6 +94,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -100,11 +118,11 @@ def run_worker(args: argparse.Namespace, worker: str, *extra: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def matmul_peak_gflops() -> float:
-    """The best of a few fp32 2048 x 2048 matmuls: what this machine multiplies at most."""
+def matmul_peak_gflops(dtype) -> float:
+    """The best of a few 2048 x 2048 matmuls in `dtype`: what this machine multiplies at most."""
     import torch
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     best = 0.0
     for _ in range(8):
         start = time.perf_counter()
@@ -145,7 +163,7 @@ def loraft_train(args: argparse.Namespace) -> dict:
         f"method={args.method}",
         f"train.max_steps={steps}",
         "train.log_every=1",
-        "train.precision=fp32",
+        f"train.precision={args.precision}",
         "eval.at_start=false",
         "eval.generate=false",
         "train.save_every=100000",
@@ -191,7 +209,7 @@ def loraft_eval(args: argparse.Namespace) -> dict:
 
 
 def trl_train(args: argparse.Namespace) -> dict:
-    """TRL's SFTTrainer (+ PEFT for LoRA) on the same articles, its defaults but fp32."""
+    """TRL's SFTTrainer (+ PEFT for LoRA) on the same articles, its defaults in `--precision`."""
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
@@ -208,7 +226,7 @@ def trl_train(args: argparse.Namespace) -> dict:
         eval_strategy="no",
         report_to=[],
         use_cpu=True,
-        bf16=False,
+        bf16=args.precision == "bf16",
         dataloader_num_workers=0,
         **options,
     )
@@ -341,10 +359,10 @@ def peak_rss_mb() -> float:
 def format_report(report: dict) -> str:
     """One line a run; `x ref`: loraft's tokens/s over the first other tool's run of its group."""
     lines = [
-        f"CPU {report['cpu_capability']}, {report['threads']} threads, fp32 matmul peak "
-        f"{report['matmul_peak_gflops']:.0f} GFLOP/s",
+        f"CPU {report['cpu_capability']}, {report['threads']} threads; peak: the row's fp32 or bf16 "
+        "matmul GFLOP/s, measured around its run; ceiling: peak / FLOPs a token",
         "",
-        f"{'setup':<36}{'tokens/s':>9}{'x ref':>7}{'peak MB':>9}{'ceiling':>9}{'share':>7}",
+        f"{'setup':<36}{'tokens/s':>9}{'x ref':>7}{'peak MB':>9}{'peak':>6}{'ceiling':>9}{'share':>7}",
     ]
     reference: dict[str, float] = {}
     for row in report["results"]:
@@ -356,7 +374,7 @@ def format_report(report: dict) -> str:
         memory = f"{row['peak_mb']:,.0f}" if row["peak_mb"] else "-"
         lines.append(
             f"{row['group'] + ': ' + row['setup']:<36}{row['tokens_per_s']:>9.1f}{ratio:>7}{memory:>9}"
-            f"{row['ceiling']:>9.0f}{row['tokens_per_s'] / row['ceiling']:>7.0%}"
+            f"{row['peak_gflops']:>6.0f}{row['ceiling']:>9.0f}{row['tokens_per_s'] / row['ceiling']:>7.0%}"
         )
     return "\n".join(lines)
 
@@ -386,6 +404,12 @@ PLAN = {
     "c": [
         ("c eval", "loraft", "loraft-eval", [], 2),
         ("c eval", "TRL evaluate", "trl-eval", [], 2),
+    ],
+    "a16": [
+        ("a16 lora", "loraft", "loraft-train", ["--method", "lora", "--variant", "news"], 4),
+        ("a16 lora", "TRL defaults", "trl-train", ["--method", "lora", "--variant", "default"], 4),
+        ("a16 full", "loraft", "loraft-train", ["--method", "full", "--variant", "news"], 6),
+        ("a16 full", "TRL defaults", "trl-train", ["--method", "full", "--variant", "default"], 6),
     ],
 }
 

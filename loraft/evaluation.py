@@ -34,7 +34,7 @@ def evaluate_run(
     eval_set = task.with_targets(task.tokenize(eval_rows, tokenizer), "evaluation")
     precision = resolve_precision(recipe.train.precision)
     accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision)
-    if accelerator.device.type == "cpu":
+    if accelerator.device.type == "cpu" and task.kind == "causal_lm":
         keep_freed_memory()
     model, loader = accelerator.prepare(model, eval_loader_for(recipe, task, eval_set, tokenizer))
     metrics = evaluate(model, task, loader, accelerator)

@@ -63,11 +63,11 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
     require_trackers(recipe.train.trackers)
     precision = resolve_precision(recipe.train.precision)
     accelerator = make_accelerator(recipe, precision)
-    if accelerator.device.type == "cpu":
-        keep_freed_memory()
     state, overwrite = resume_point(recipe, overwrite)
     set_seed(recipe.train.seed)
     task = build_task(recipe, roots)
+    if accelerator.device.type == "cpu" and task.kind == "causal_lm":
+        keep_freed_memory()  # see there: length-grouped classification batches would fragment it
     run, tokenizer, base, train_set, eval_set = prepare_run(recipe, task, state, overwrite, accelerator)
     model = apply_method(base, recipe, task.kind)
     trainable, total = count_parameters(model)
