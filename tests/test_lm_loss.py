@@ -105,6 +105,7 @@ def test_bf16_autocast_matches_the_logits_path_under_autocast(tiny_model_dir: Pa
         assert (grad - expected_grad).norm() <= 0.05 * expected_grad.norm()
 
 
+@pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`")
 def test_heads_the_chunked_loss_cannot_use_take_the_logits_path(tiny_model_dir: Path) -> None:
     model = GPT2LMHeadModel.from_pretrained(tiny_model_dir)
     assert lm_loss.fused_head_weight(model) is model.lm_head.weight
