@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
 from loraft.errors import LoraftError
-from loraft.model import auto_class, load_base_model, task_kind, with_fused_activations
+from loraft.model import auto_class, load_base_model, task_kind, with_fast_kernels
 from loraft.recipe import Recipe
 from loraft.run_dir import RunDirectory
 
@@ -105,7 +105,7 @@ def load_head(model: torch.nn.Module, directory: Path) -> None:
 
 def _from_pretrained(auto, directory: Path) -> torch.nn.Module:
     try:
-        return with_fused_activations(auto.from_pretrained(directory))
+        return with_fast_kernels(auto.from_pretrained(directory))
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0]
         raise LoraftError(f"{directory}: cannot load the checkpoint: {reason}") from None

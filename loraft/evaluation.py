@@ -25,7 +25,8 @@ def evaluate_run(
     from loraft.checkpoint import load_trained_model
     from loraft.system import keep_freed_memory, resolve_precision
     from loraft.tasks import build_task
-    from loraft.training import eval_loader_for, evaluate
+    from loraft.trainer import evaluate_model
+    from loraft.training import eval_loader_for
 
     warn_about_local_metric_code(recipe, run)
     task = build_task(recipe, roots)
@@ -37,7 +38,7 @@ def evaluate_run(
     if accelerator.device.type == "cpu" and task.kind == "causal_lm":
         keep_freed_memory()
     model, loader = accelerator.prepare(model, eval_loader_for(recipe, task, eval_set, tokenizer))
-    metrics = evaluate(model, task, loader, accelerator)
+    metrics = evaluate_model(model, task, loader, accelerator)
     output = run.output_folder(checkpoint)
     output.mkdir(exist_ok=True)
     metrics.update(task.final_evaluation(lambda: accelerator.unwrap_model(model), tokenizer, output))

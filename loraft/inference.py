@@ -83,7 +83,7 @@ def _from_run(run: RunDirectory, checkpoint: str):
 def _from_model(target: str):
     from transformers import AutoModelForCausalLM
 
-    from loraft.model import with_fused_activations
+    from loraft.model import with_fast_kernels
     from loraft.tokenizer import load_tokenizer
 
     if not is_local(target):
@@ -95,7 +95,7 @@ def _from_model(target: str):
         raise LoraftError(
             f"{target}: not a run directory, and not a loadable model: {reason}{offline_hint()}"
         ) from None
-    return with_fused_activations(model), load_tokenizer(target)
+    return with_fast_kernels(model), load_tokenizer(target)
 
 
 def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:

@@ -19,6 +19,7 @@ from transformers.pytorch_utils import Conv1D
 
 from loraft.errors import LoraftError
 from loraft.hub import go_offline_unless_reachable, is_local, offline_hint
+from loraft.packing import use_packed_attention
 from loraft.recipe import Recipe, ScratchConfig
 from loraft.tokenizer import load_tokenizer, train_byte_level_bpe
 
@@ -54,7 +55,7 @@ def build_base_model(
         config.num_labels = num_labels
     base = auto_class(kind).from_config(config)
     base.config.pad_token_id = tokenizer.pad_token_id
-    return with_fused_activations(base)
+    return with_fast_kernels(base)
 
 
 def load_base_model(
@@ -83,17 +84,23 @@ def load_base_model(
         reason = str(error).strip().splitlines()[0]
         raise LoraftError(f"model.name: cannot load '{source}': {reason}{offline_hint()}") from None
     base.config.pad_token_id = tokenizer.pad_token_id
-    return with_fused_activations(base)
+    return with_fast_kernels(base)
 
 
-def with_fused_activations(model: PreTrainedModel) -> PreTrainedModel:
-    """GPT-2's `gelu_new`, written as seven elementwise operations, replaced in place by the same
-    tanh-approximated GELU as one PyTorch kernel: 3x faster forward and backward, equal to fp32
-    rounding (2.4e-7). The config still says gelu_new, so checkpoints load anywhere as before."""
+def with_fast_kernels(model: PreTrainedModel) -> PreTrainedModel:
+    """The model with loraft's kernels, the same functions computed faster:
+
+    - GPT-2's `gelu_new`, written as seven elementwise operations, replaced in place by the same
+      tanh-approximated GELU as one PyTorch kernel: 3x faster forward and backward, equal to fp32
+      rounding (2.4e-7). The config still says gelu_new, so checkpoints load anywhere as before.
+    - SDPA attention that also runs padding-free packed rows (see `loraft.packing`); the
+      implementation is not saved with the config.
+    """
     for module in list(model.modules()):
         for name, child in module.named_children():
             if type(child) is NewGELUActivation:
                 setattr(module, name, GELUTanh())
+    use_packed_attention(model)
     return model
 
 

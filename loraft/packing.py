@@ -1,75 +1,121 @@
-"""Packing: several causal-LM examples share a row, each seeing only itself.
+"""Padding-free packing: a micro-batch's causal-LM examples as one row, each seeing only itself.
 
-A batch's examples are placed first-fit-decreasing into rows of `row_length` tokens. Every
-example keeps its own positions (0, 1, ...) and attends only to its own earlier tokens, through
-a block-diagonal causal mask; the label of its first token is ignored, as the shift of an
-unpacked row drops it. So each example's token losses are those it has alone in a padded row
-(tested to 1e-5), with far less padding to compute.
+The examples are laid back to back in a single row with no padding. Every example keeps its
+own positions (0, 1, ...) and attends only to its own earlier tokens: the row carries the
+examples' boundaries (`cu_seq_lens`, as transformers names them for flash-attention's
+variable-length kernels), and `packed_attention` runs causal attention on each example's slice
+of the row. The label of each example's first token is ignored, as the shift of an unpacked
+row drops it. So each example's token losses are those it has alone in a padded row (tested to
+1e-5), and the layers outside attention compute no padding at all: on AG News batches of 8
+articles, rows of 128 tokens were 84% real tokens.
 
-Written here because the libraries do not cover this case: trl packs whole datasets and its
-padding-free collator relies on flash-attention's variable-length kernels, which GPT-2 under
-SDPA (and every CPU) does not have; a 4-D mask is what SDPA and eager attention both accept.
+Written here because the libraries do not cover this case on a CPU: trl's padding-free
+collator relies on flash-attention's variable-length kernels (CUDA only), and transformers
+turns packed position ids under SDPA into one (tokens x tokens) block mask, whose attention
+and dropout grow with the square of the whole row instead of each example's length.
 """
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+PACKED_ATTENTION = "sdpa_packed"  # the attention implementation loraft gives the models it loads
 
 
-def pack_examples(
-    features: list[dict[str, Any]], row_length: int, pad_token_id: int
-) -> dict[str, torch.Tensor]:
-    """A packed batch: `input_ids`, `labels`, `position_ids`, `example_ids` (the example of
-    each token, -1 for padding) and `attention_mask` (1 for real tokens), each (rows, length)."""
-    rows: list[list[int]] = []  # example indices per row
-    room: list[int] = []
-    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
-    for index in order:
-        size = len(features[index]["input_ids"])
-        row = next((r for r, free in enumerate(room) if free >= size), None)
-        if row is None:
-            rows.append([])
-            room.append(row_length)
-            row = len(rows) - 1
-        rows[row].append(index)
-        room[row] -= size
-    width = max(row_length - free for free in room)
-    shape = (len(rows), width)
-    batch = {
-        "input_ids": torch.full(shape, pad_token_id, dtype=torch.long),
-        "labels": torch.full(shape, IGNORE_INDEX, dtype=torch.long),
-        "position_ids": torch.zeros(shape, dtype=torch.long),
-        "example_ids": torch.full(shape, -1, dtype=torch.long),
-        "attention_mask": torch.zeros(shape, dtype=torch.long),
+def pack_examples(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """A packed batch of one row: `input_ids`, `labels`, `position_ids`, `example_ids` (the
+    example of each token), `attention_mask` (all ones), each (1, tokens), and `cu_seq_lens`
+    (the examples' start offsets and the row's length, int32)."""
+    ids = [list(feature["input_ids"]) for feature in features]
+    labels = []
+    for feature, own in zip(features, ids, strict=True):
+        targets = list(feature.get("labels", own))
+        targets[0] = IGNORE_INDEX  # nothing before it in its own text predicts it
+        labels.append(targets)
+    lengths = torch.tensor([len(own) for own in ids])
+    row = {
+        "input_ids": torch.tensor([token for own in ids for token in own]),
+        "labels": torch.tensor([label for targets in labels for label in targets]),
+        "position_ids": torch.cat([torch.arange(length) for length in lengths.tolist()]),
+        "example_ids": torch.repeat_interleave(torch.arange(len(ids)), lengths),
     }
-    for row, members in enumerate(rows):
-        start = 0
-        for index in members:
-            ids = features[index]["input_ids"]
-            labels = list(features[index].get("labels", ids))
-            labels[0] = IGNORE_INDEX  # nothing before it in its own text predicts it
-            end = start + len(ids)
-            batch["input_ids"][row, start:end] = torch.tensor(ids)
-            batch["labels"][row, start:end] = torch.tensor(labels)
-            batch["position_ids"][row, start:end] = torch.arange(len(ids))
-            batch["example_ids"][row, start:end] = index
-            batch["attention_mask"][row, start:end] = 1
-            start = end
+    batch = {key: value[None] for key, value in row.items()}
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    batch["cu_seq_lens"] = torch.cat([torch.zeros(1), lengths.cumsum(0)]).to(torch.int32)
     return batch
 
 
-def block_causal_mask(example_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive mask (rows, 1, length, length): a token sees earlier tokens of its own example.
+def packed_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's arguments for a packed batch. The mask of ones keeps transformers from
+    building a block mask out of the position ids; `packed_attention` reads the boundaries,
+    from the host: on a GPU, one wait here instead of one in every layer."""
+    bounds = batch["cu_seq_lens"].cpu()
+    return {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "position_ids": batch["position_ids"],
+        "cu_seq_lens_q": bounds,
+        "cu_seq_lens_k": bounds,
+    }
 
-    A padding position sees itself only, so that no row of the softmax is empty (NaN).
-    """
-    length = example_ids.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=example_ids.device).tril()
-    same = example_ids[:, :, None] == example_ids[:, None, :]
-    visible = (same & causal) | torch.eye(length, dtype=torch.bool, device=example_ids.device)
-    blocked = torch.zeros(visible.shape, dtype=dtype, device=example_ids.device)
-    return blocked.masked_fill(~visible, torch.finfo(dtype).min)[:, None]
+
+def packed_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention; for a packed row (`cu_seq_lens_q`), causal SDPA on each
+    example's slice. Query, key and value are (batch, heads, tokens, head size)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if cu_seq_lens_q is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    return _attention_per_example(query, key, value, cu_seq_lens_q, dropout, scaling), None
+
+
+@torch.compiler.disable  # a loop over data-dependent slices: compiled graphs break around it
+def _attention_per_example(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    bounds: torch.Tensor,
+    dropout: float,
+    scaling: float | None,
+) -> torch.Tensor:
+    outputs = [
+        F.scaled_dot_product_attention(
+            query[:, :, start:end],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            dropout_p=dropout,
+            is_causal=True,
+            scale=scaling,
+        )
+        for start, end in pairwise(bounds.tolist())
+    ]
+    return torch.cat(outputs, dim=2).transpose(1, 2)
+
+
+def use_packed_attention(model: torch.nn.Module) -> None:
+    """Give `model` loraft's packed attention (SDPA for unpacked batches, as before); a model
+    without transformers' attention interface keeps its own (and cannot train packed)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
+    if getattr(model.config, "_attn_implementation", None) == "sdpa":
+        model.set_attn_implementation(PACKED_ATTENTION)

@@ -132,7 +132,8 @@ class DataSection(Section):
         description="seeds the held-out split and row sampling; train.seed does not change the data",
     )
     packing: bool = Field(
-        True, description="causal tasks: a batch's examples share rows of max_length, each seeing only itself"
+        True,
+        description="causal tasks: a micro-batch's examples in one row, no padding, each seeing only itself",
     )
     group_by_length: bool = Field(
         True, description="classification: batch texts of similar length together (less padding)"

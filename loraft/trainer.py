@@ -188,7 +188,8 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.accelerator.device)
         for index, batch in enumerate(micro_batches):
             with self.micro_step(last=index == len(micro_batches) - 1):
-                summed = self.task.loss_sum(self.model, self.to_device(batch))
+                with self.accelerator.autocast():  # the loss too, not only the model's forward
+                    summed = self.task.loss_sum(self.model, self.to_device(batch))
                 self.accelerator.backward(summed * self.accelerator.num_processes / max(targets, 1))
             loss_sum += summed.detach()
         max_norm = self.recipe.train.max_grad_norm or math.inf  # inf: measure, do not clip
@@ -242,12 +243,10 @@ class Trainer:
     def evaluate(self, candidate: bool = True) -> dict[str, Any]:
         """Evaluate on the periodic eval set; a better `eval.metric` saves `checkpoints/best`."""
         tick = time.perf_counter()
-        self.model.eval()
-        with torch.inference_mode():
-            metrics = {
-                "step": self.progress.step,
-                **self.task.evaluate(self.model, self.eval_loader, self.accelerator),
-            }
+        metrics = {
+            "step": self.progress.step,
+            **evaluate_model(self.model, self.task, self.eval_loader, self.accelerator),
+        }
         seconds = time.perf_counter() - tick
         self.progress.eval_s += seconds
         self.progress.last_eval = metrics
@@ -369,6 +368,14 @@ class Trainer:
         """Sum numbers over all processes in one collective (a no-op on one process)."""
         local = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.accelerator.device)
         return self.accelerator.reduce(local, "sum").tolist()
+
+
+def evaluate_model(model: torch.nn.Module, task: Task, loader: DataLoader, accelerator: Accelerator) -> dict:
+    """The task's metrics over `loader`, in the run's precision (mixed precision autocasts the
+    metrics' computations as training does its loss)."""
+    model.eval()
+    with torch.inference_mode(), accelerator.autocast():
+        return task.evaluate(model, loader, accelerator)
 
 
 @dataclass

@@ -41,7 +41,7 @@ from loraft.tasks import build_task
 from loraft.tasks.base import Task
 from loraft.tokenizer import load_tokenizer
 from loraft.trackers import Trackers, require_trackers
-from loraft.trainer import Progress, StopSignals, Trainer, TrainingParts
+from loraft.trainer import Progress, StopSignals, Trainer, TrainingParts, evaluate_model
 from loraft.training_state import keep_only_trainable_weights, load_training_state, saved_states
 
 
@@ -336,22 +336,16 @@ def final_metrics(
 
     if len(trainer.eval_loader.dataset) < len(eval_set):
         loader = accelerator.prepare(eval_loader_for(recipe, task, eval_set, tokenizer))
-        final = {"step": progress.step, **evaluate(trainer.model, task, loader, accelerator)}
+        final = {"step": progress.step, **evaluate_model(trainer.model, task, loader, accelerator)}
         if progress.best_step == progress.step:
             best = dict(final)
         elif progress.best_step is not None:
-            best = {"step": progress.best_step, **evaluate(best_model(), task, loader, accelerator)}
+            best = {"step": progress.best_step, **evaluate_model(best_model(), task, loader, accelerator)}
     if progress.best_step is not None and run is not None:
         best.update(task.final_evaluation(best_model, tokenizer, run.path))
     progress.eval_s += time.perf_counter() - tick
     accelerator.wait_for_everyone()
     return final, best
-
-
-def evaluate(model: torch.nn.Module, task: Task, loader, accelerator: Accelerator) -> dict[str, Any]:
-    model.eval()
-    with torch.inference_mode():
-        return task.evaluate(model, loader, accelerator)
 
 
 def describe_run(recipe: Recipe, trainable: int, total: int, train_examples: int, eval_examples: int) -> dict:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
-from test_packing import features
+from test_packing import features, tiny_model
 from transformers import GPT2LMHeadModel
 
 from loraft import lm_loss
@@ -66,9 +66,9 @@ def model_loss_and_gradients(model: torch.nn.Module, batch: dict) -> tuple[torch
 def test_model_loss_and_gradients_equal_the_logits_path(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, method: str, packed: bool
 ) -> None:
-    examples, tokenizer = features(tiny_model_dir, 6)
-    batch = pack_examples(examples, 160, tokenizer.pad_token_id) if packed else pad_right(examples, 0)
-    model = GPT2LMHeadModel.from_pretrained(tiny_model_dir)
+    examples, _ = features(tiny_model_dir, 6)
+    batch = pack_examples(examples) if packed else pad_right(examples, 0)
+    model = tiny_model(tiny_model_dir)
     if method == "lora":
         config = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True)
         model = get_peft_model(model, config)
@@ -92,9 +92,9 @@ def test_model_loss_and_gradients_equal_the_logits_path(
 
 
 def test_bf16_autocast_matches_the_logits_path_under_autocast(tiny_model_dir: Path, monkeypatch) -> None:
-    examples, tokenizer = features(tiny_model_dir, 6)
-    batch = pack_examples(examples, 160, tokenizer.pad_token_id)
-    model = GPT2LMHeadModel.from_pretrained(tiny_model_dir)
+    examples, _ = features(tiny_model_dir, 6)
+    batch = pack_examples(examples)
+    model = tiny_model(tiny_model_dir)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, grads = model_loss_and_gradients(model, batch)
         plain_path(monkeypatch)
@@ -107,7 +107,7 @@ def test_bf16_autocast_matches_the_logits_path_under_autocast(tiny_model_dir: Pa
 
 @pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`")
 def test_heads_the_chunked_loss_cannot_use_take_the_logits_path(tiny_model_dir: Path) -> None:
-    model = GPT2LMHeadModel.from_pretrained(tiny_model_dir)
+    model = tiny_model(tiny_model_dir)
     assert lm_loss.fused_head_weight(model) is model.lm_head.weight
     on_head = get_peft_model(model, LoraConfig(r=2, target_modules=["lm_head"]))
     assert lm_loss.fused_head_weight(on_head) is None  # LoRA on the head itself

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from transformers.activations import GELUTanh, NewGELUActivation
 
 from loraft.checkpoint import load_trained_model
 from loraft.errors import LoraftError
-from loraft.model import apply_method, build_base_model, count_parameters, with_fused_activations
+from loraft.model import apply_method, build_base_model, count_parameters, with_fast_kernels
+from loraft.packing import PACKED_ATTENTION
 from loraft.plan import plan_recipe
 from loraft.recipe_files import load_recipe
 from loraft.run_dir import RunDirectory
@@ -103,7 +105,7 @@ def test_an_unreachable_hub_fails_in_seconds_with_a_hint(tiny_model_dir: Path, m
 
 def test_the_fused_gelu_is_gpt2s_gelu_to_fp32_rounding(tiny_model_dir: Path) -> None:
     plain = GPT2LMHeadModel.from_pretrained(tiny_model_dir)
-    fused = with_fused_activations(GPT2LMHeadModel.from_pretrained(tiny_model_dir))
+    fused = with_fast_kernels(GPT2LMHeadModel.from_pretrained(tiny_model_dir))
     assert type(plain.transformer.h[0].mlp.act) is NewGELUActivation
     assert type(fused.transformer.h[0].mlp.act) is GELUTanh
     assert fused.config.activation_function == "gelu_new"  # what a checkpoint says is unchanged
@@ -115,8 +117,11 @@ def test_the_fused_gelu_is_gpt2s_gelu_to_fp32_rounding(tiny_model_dir: Path) -> 
     assert (GELUTanh()(x) - NewGELUActivation()(x)).abs().max() < 1e-14  # the same function
 
 
-def test_every_model_loraft_loads_uses_the_fused_gelu(runs: dict[str, Path]) -> None:
+def test_every_model_loraft_loads_uses_its_fast_kernels(runs: dict[str, Path]) -> None:
     for method in ("full", "lora"):
         model, _ = load_trained_model(RunDirectory(runs[method]), "best")
         activations = [type(m) for m in model.modules() if "GELU" in type(m).__name__]
         assert activations and set(activations) == {GELUTanh}, method
+        assert model.config._attn_implementation == PACKED_ATTENTION, method
+    saved = json.loads((runs["full"] / "checkpoints" / "best" / "config.json").read_text())
+    assert "sdpa_packed" not in json.dumps(saved)  # other tools load the checkpoint as before

@@ -1,18 +1,21 @@
-"""Packing changes how many rows a batch needs, never a number: the same per-example losses and
-gradients as one padded row per example (fp32, the tiny GPT-2)."""
+"""Packing changes how a batch is laid out, never a number: the same per-example losses and
+gradients as one padded row per example (fp32, the tiny GPT-2), no attention across examples."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import joker_recipe
 from transformers import GPT2LMHeadModel
 
 from loraft.data import data_roots
+from loraft.errors import LoraftError
+from loraft.model import with_fast_kernels
 from loraft.packing import pack_examples
 from loraft.tasks import build_task
-from loraft.tasks.causal_lm import pad_right, per_example_token_loss, token_loss_sum
+from loraft.tasks.causal_lm import model_inputs, pad_right, per_example_token_loss, token_loss_sum
 from loraft.tokenizer import load_tokenizer
 
 
@@ -22,6 +25,10 @@ def features(tiny_model_dir: Path, count: int) -> tuple[list[dict], object]:
     tokenizer = load_tokenizer(str(tiny_model_dir))
     rows, _ = task.rows()
     return task.tokenize(rows.select(range(count)), tokenizer).to_list(), tokenizer
+
+
+def tiny_model(tiny_model_dir: Path) -> GPT2LMHeadModel:
+    return with_fast_kernels(GPT2LMHeadModel.from_pretrained(tiny_model_dir))
 
 
 def loss_and_gradient(model: GPT2LMHeadModel, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -35,11 +42,11 @@ def test_packed_and_padded_batches_give_the_same_losses_and_gradients(tiny_model
     examples, tokenizer = features(tiny_model_dir, 12)
     lengths = [len(example["input_ids"]) for example in examples]
     assert len(set(lengths)) > 6 and max(lengths) <= 160  # varied lengths, none cut
-    packed = pack_examples(examples, 160, tokenizer.pad_token_id)
+    packed = pack_examples(examples)
     padded = pad_right(examples, tokenizer.pad_token_id)
-    assert packed["input_ids"].shape[0] < len(examples) // 2 + 1  # two or more examples a row
+    assert packed["input_ids"].shape == (1, sum(lengths))  # one row, no padding
     assert packed["attention_mask"].sum() == padded["attention_mask"].sum() == sum(lengths)
-    model = GPT2LMHeadModel.from_pretrained(tiny_model_dir)
+    model = tiny_model(tiny_model_dir)
     packed_loss, packed_grads = loss_and_gradient(model, packed)
     padded_loss, padded_grads = loss_and_gradient(model, padded)
     torch.testing.assert_close(packed_loss, padded_loss, rtol=1e-5, atol=1e-6)
@@ -47,13 +54,34 @@ def test_packed_and_padded_batches_give_the_same_losses_and_gradients(tiny_model
         assert (packed_grad - padded_grad).norm() <= 1e-5 * padded_grad.norm()
 
 
-def test_examples_fill_rows_first_fit_decreasing() -> None:
-    examples = [{"input_ids": list(range(size))} for size in (7, 3, 5, 2, 6)]
-    batch = pack_examples(examples, 10, pad_token_id=99)
-    rows = [sorted({int(i) for i in row if i >= 0}) for row in batch["example_ids"]]
-    assert rows == [[0, 1], [3, 4], [2]]  # 7+3, 6+2, 5: three rows of 10 instead of five
-    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 6, 0, 1, 2]
-    assert batch["labels"][0, 7].item() == -100  # an example's first token is never predicted
+def test_examples_lie_back_to_back_each_with_its_own_positions() -> None:
+    examples = [{"input_ids": list(range(10, 10 + size))} for size in (4, 2, 3)]
+    batch = pack_examples(examples)
+    assert batch["input_ids"].tolist() == [[10, 11, 12, 13, 10, 11, 10, 11, 12]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 0, 1, 2]]
+    assert batch["example_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 2, 2, 2]]
+    assert batch["cu_seq_lens"].tolist() == [0, 4, 6, 9] and batch["cu_seq_lens"].dtype == torch.int32
+    # an example's first token is never predicted: nothing before it in its own text
+    assert batch["labels"].tolist() == [[-100, 11, 12, 13, -100, 11, -100, 11, 12]]
+
+
+def test_no_example_sees_another(tiny_model_dir: Path) -> None:
+    examples, _ = features(tiny_model_dir, 3)
+    model = tiny_model(tiny_model_dir).eval()
+    changed = [{"input_ids": [(i + 7) % 1000 for i in examples[0]["input_ids"]]}, *examples[1:]]
+    with torch.no_grad():
+        logits = [model(**model_inputs(model, pack_examples(batch))).logits for batch in (examples, changed)]
+    first = len(examples[0]["input_ids"])
+    assert not torch.allclose(logits[0][:, :first], logits[1][:, :first])
+    torch.testing.assert_close(logits[0][:, first:], logits[1][:, first:], rtol=0, atol=0)
+
+
+def test_a_model_whose_attention_cannot_pack_is_a_one_line_error(tiny_model_dir: Path) -> None:
+    examples, _ = features(tiny_model_dir, 2)
+    model = GPT2LMHeadModel.from_pretrained(tiny_model_dir, attn_implementation="eager")
+    with_fast_kernels(model)  # keeps a choice other than SDPA
+    with pytest.raises(LoraftError, match="data.packing: the model's 'eager' attention cannot"):
+        token_loss_sum(model, pack_examples(examples))
 
 
 def test_length_grouping_reorders_an_epoch_but_keeps_its_examples() -> None:

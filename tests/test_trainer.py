@@ -17,8 +17,9 @@ from transformers import GPT2LMHeadModel, get_linear_schedule_with_warmup
 
 from loraft.data import data_roots
 from loraft.errors import LoraftError
-from loraft.model import with_fused_activations
+from loraft.model import with_fast_kernels
 from loraft.tasks import build_task
+from loraft.tasks.causal_lm import pad_right
 from loraft.tokenizer import load_tokenizer
 from loraft.trainer import TIMING_KEYS
 from loraft.training import train_recipe
@@ -49,16 +50,17 @@ def train_split(model_dir: Path, run: Path, batch: int, accum: int, *extra: str)
 
 
 def reference_loop(model_dir: Path, run: Path) -> tuple[list[float], list[float], GPT2LMHeadModel]:
-    """A plain loop: transformers' own loss (mean over the batch's target tokens), AdamW with
-    no decay on 1-D weights, HF's linear schedule, the same 8 examples per step. The model has
-    loraft's one-kernel GELU (the loop is under test here; test_model checks the GELU)."""
+    """A plain loop: one padded row per example (loraft packs them into one), transformers' own
+    loss (mean over the batch's target tokens), AdamW with no decay on 1-D weights, HF's linear
+    schedule, the same 8 examples per step. The model has loraft's one-kernel GELU (the loop is
+    under test here; test_model checks the GELU)."""
     recipe = joker_recipe(model_dir, run, *PARITY, "train.batch_size=8")
     task = build_task(recipe, data_roots())
     tokenizer = load_tokenizer(str(model_dir))
     train_rows, _ = task.rows()
     examples = task.with_targets(task.tokenize(train_rows, tokenizer), "training").to_list()
     order = np.random.default_rng([recipe.train.seed, 0]).permutation(len(examples))  # the documented order
-    model = with_fused_activations(GPT2LMHeadModel.from_pretrained(model_dir))
+    model = with_fast_kernels(GPT2LMHeadModel.from_pretrained(model_dir))
     model.train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
@@ -68,7 +70,7 @@ def reference_loop(model_dir: Path, run: Path) -> tuple[list[float], list[float]
     scheduler = get_linear_schedule_with_warmup(optimizer, round(0.4 * STEPS), STEPS)
     losses, rates = [], []
     for step in range(STEPS):
-        batch = task.collate([examples[i] for i in order[step * 8 : (step + 1) * 8]], tokenizer)
+        batch = pad_right([examples[i] for i in order[step * 8 : (step + 1) * 8]], tokenizer.pad_token_id)
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
@@ -245,3 +247,26 @@ def test_compiling_the_model_keeps_the_numbers(tiny_model_dir: Path, tmp_path: P
     eager, _ = train_split(tiny_model_dir, tmp_path / "eager", 8, 1)
     compiled, _ = train_split(tiny_model_dir, tmp_path / "compiled", 8, 1, "train.compile=true")
     np.testing.assert_allclose([r["loss"] for r in compiled], [r["loss"] for r in eager], rtol=1e-5)
+
+
+def test_a_bf16_run_computes_its_output_layer_in_bf16(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loss (the chunked output layer, outside the model's forward) runs under the run's
+    autocast in training steps and evaluations alike; in fp32 nothing is autocast."""
+    from loraft import lm_loss
+
+    seen: list[tuple[bool, bool]] = []
+    chunked = lm_loss._chunked_losses
+
+    def spy(hidden, weight, targets, *wants):
+        seen.append((any(wants), torch.is_autocast_enabled("cpu")))  # wants: gradients (training)
+        return chunked(hidden, weight, targets, *wants)
+
+    monkeypatch.setattr(lm_loss, "_chunked_losses", spy)
+    for precision in ("bf16", "fp32"):
+        seen.clear()
+        overrides = ("train.max_steps=2", "train.eval_every=1", f"train.precision={precision}")
+        train_recipe(joker_recipe(tiny_model_dir, tmp_path / precision, *overrides))
+        assert {training for training, _ in seen} == {True, False}  # steps and evaluations
+        assert {autocast for _, autocast in seen} == {precision == "bf16"}, precision

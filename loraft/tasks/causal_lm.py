@@ -107,11 +107,11 @@ class CausalLMTask(Task):
         return kept
 
     def collate(self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> Batch:
-        """Packed rows of `data.max_length` tokens (`data.packing`), or one padded row each."""
+        """One padding-free packed row (`data.packing`), or one padded row per example."""
         from loraft.packing import pack_examples
 
         if self.recipe.data.packing:
-            return pack_examples(features, self.recipe.data.max_length, tokenizer.pad_token_id)
+            return pack_examples(features)
         return pad_right(features, tokenizer.pad_token_id)
 
     def count_targets(self, batch: Batch) -> int:
@@ -192,7 +192,7 @@ def per_example_token_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.
 
     losses, predicted = token_losses(model, batch)
     if "example_ids" in batch:  # a loss belongs to the example of the token it predicts
-        owners, examples = batch["example_ids"][:, 1:][predicted], int(batch["example_ids"].max()) + 1
+        owners, examples = batch["example_ids"][:, 1:][predicted], len(batch["cu_seq_lens"]) - 1
     else:
         rows = torch.arange(predicted.shape[0], device=predicted.device)[:, None].expand_as(predicted)
         owners, examples = rows[predicted], predicted.shape[0]
@@ -259,17 +259,19 @@ def logits_token_losses(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 def model_inputs(model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
     """The model's arguments for a padded or a packed batch."""
-    import torch
+    from accelerate.utils import extract_model_from_parallel
 
-    from loraft.packing import block_causal_mask
+    from loraft.packing import PACKED_ATTENTION, packed_inputs
 
-    if "example_ids" not in batch:
+    if "cu_seq_lens" not in batch:
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    dtype = next(model.parameters()).dtype
-    if torch.is_autocast_enabled(batch["input_ids"].device.type):
-        dtype = torch.get_autocast_dtype(batch["input_ids"].device.type)
-    mask = block_causal_mask(batch["example_ids"], dtype)
-    return {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": batch["position_ids"]}
+    attention = getattr(extract_model_from_parallel(model).config, "_attn_implementation", None)
+    if attention != PACKED_ATTENTION:
+        raise LoraftError(
+            f"data.packing: the model's '{attention}' attention cannot keep packed examples apart; "
+            "set data.packing: false"
+        )
+    return packed_inputs(batch)
 
 
 def pad_right(features: list[dict[str, Any]], pad_token_id: int) -> Batch:
