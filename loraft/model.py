@@ -17,6 +17,7 @@ from transformers import (
 from transformers.activations import GELUTanh, NewGELUActivation
 from transformers.pytorch_utils import Conv1D
 
+from loraft.dropout import use_cheap_dropout
 from loraft.errors import LoraftError
 from loraft.hub import go_offline_unless_reachable, is_local, offline_hint
 from loraft.packing import use_packed_attention
@@ -121,15 +122,16 @@ def scratch_config(shape: ScratchConfig, tokenizer: PreTrainedTokenizerBase) -> 
 
 
 def apply_method(model: PreTrainedModel, recipe: Recipe, kind: str) -> torch.nn.Module:
-    """full: train everything; lora: peft adapters (plus the classifier); head: output layer only."""
+    """full: train everything; lora: peft adapters (plus the classifier); head: output layer only.
+    Its dropout layers, LoRA's too, draw cheaper masks (`loraft.dropout`)."""
     if recipe.method == "full":
         model.requires_grad_(True)
-        return model
-    if recipe.method == "head":
+    elif recipe.method == "head":
         model.requires_grad_(False)
         getattr(model, HEAD_MODULE).requires_grad_(True)
-        return model
-    return get_peft_model(model, lora_config(model, recipe, kind))
+    else:
+        model = get_peft_model(model, lora_config(model, recipe, kind))
+    return use_cheap_dropout(model)
 
 
 def check_method(model: PreTrainedModel, recipe: Recipe, kind: str) -> None:

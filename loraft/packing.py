@@ -17,7 +17,6 @@ and dropout grow with the square of the whole row instead of each example's leng
 
 from __future__ import annotations
 
-from itertools import pairwise
 from typing import Any
 
 import torch
@@ -95,16 +94,12 @@ def _attention_per_example(
     dropout: float,
     scaling: float | None,
 ) -> torch.Tensor:
+    # split, not one slice per example: the backward pass then joins the examples' gradients
+    # once, where slices would each add a zero-filled gradient of the whole row
+    lengths = bounds.diff().tolist()
     outputs = [
-        F.scaled_dot_product_attention(
-            query[:, :, start:end],
-            key[:, :, start:end],
-            value[:, :, start:end],
-            dropout_p=dropout,
-            is_causal=True,
-            scale=scaling,
-        )
-        for start, end in pairwise(bounds.tolist())
+        F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling)
+        for q, k, v in zip(*(tensor.split(lengths, dim=2) for tensor in (query, key, value)), strict=True)
     ]
     return torch.cat(outputs, dim=2).transpose(1, 2)
 

@@ -114,3 +114,13 @@ def test_heads_the_chunked_loss_cannot_use_take_the_logits_path(tiny_model_dir: 
     sharded = GPT2LMHeadModel.from_pretrained(tiny_model_dir)
     sharded.lm_head.weight = torch.nn.Parameter(torch.zeros(0))  # as ZeRO-3 and FSDP leave it
     assert lm_loss.fused_head_weight(sharded) is None
+
+
+def test_no_target_gives_zero_gradients() -> None:
+    """A placeholder micro-batch (every target ignored) adds nothing to the weight's gradient."""
+    hidden = torch.randn(0, 16, requires_grad=True)
+    weight = torch.randn(1000, 16, requires_grad=True)
+    torch.full((1000, 16), float("nan")).sum()  # leaves freed memory the gradient may be given
+    loss = lm_loss.head_loss_sum(hidden, weight, torch.zeros(0, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0 and torch.equal(weight.grad, torch.zeros_like(weight))
