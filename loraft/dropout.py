@@ -23,18 +23,37 @@ class CheapMaskDropout(nn.Dropout):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or inputs.device.type != "cpu" or self.inplace:
             return super().forward(inputs)
-        # masked first (exact), scaled second: a kept bf16 value is x / (1 - p) rounded once, where
-        # nn.Dropout multiplies by 1 / (1 - p) rounded to bf16 (1.109375 for p = 0.1, 0.16% low)
-        return (inputs * keep_mask(inputs, self.p)).mul_(1 / (1 - self.p))
+        return _KeepScaled.apply(inputs, keep_mask(inputs, self.p), 1 / (1 - self.p))
+
+
+class _KeepScaled(torch.autograd.Function):
+    """inputs * kept * scale, keeping the one-byte mask (not a mask of the inputs' dtype) for
+    the backward pass, as `nn.Dropout` does."""
+
+    @staticmethod
+    def forward(ctx, inputs: torch.Tensor, kept: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(kept)
+        ctx.scale = scale
+        return _masked_then_scaled(inputs, kept, scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (kept,) = ctx.saved_tensors
+        return _masked_then_scaled(grad, kept, ctx.scale), None, None
+
+
+def _masked_then_scaled(values: torch.Tensor, kept: torch.Tensor, scale: float) -> torch.Tensor:
+    # masked first (exact), scaled second: a kept bf16 value is x / (1 - p) rounded once, where
+    # nn.Dropout multiplies by 1 / (1 - p) rounded to bf16 (1.109375 for p = 0.1, 0.16% low)
+    return (values * kept).mul_(scale)
 
 
 def keep_mask(inputs: torch.Tensor, p: float) -> torch.Tensor:
-    """A tensor like `inputs`: 1 where an element is kept (probability 1 - p), 0 elsewhere."""
+    """A boolean tensor shaped like `inputs`: True where an element is kept (probability 1 - p)."""
     count = inputs.numel()
     draws = torch.empty((count + 1) // 2, dtype=torch.int64, device=inputs.device)
     halves = draws.random_(-(2**63), None).view(torch.int32)[:count].view(inputs.shape)
-    kept = halves >= round(p * 2**32) - 2**31  # a uniform int32 is below this with probability p
-    return kept.to(inputs.dtype)
+    return halves >= round(p * 2**32) - 2**31  # a uniform int32 is below this with probability p
 
 
 def use_cheap_dropout(model: nn.Module) -> nn.Module:

@@ -32,9 +32,14 @@ def test_elements_are_kept_with_probability_one_minus_p_and_scaled(p: float) -> 
 
 
 def test_the_gradient_flows_through_the_kept_elements_only() -> None:
+    """...from a one-byte mask kept for the backward pass (as nn.Dropout keeps), not a copy of
+    the activations' size."""
     torch.manual_seed(1)
     inputs = torch.randn(64, 48, requires_grad=True)
-    outputs = CheapMaskDropout(0.2).train()(inputs)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
+        outputs = CheapMaskDropout(0.2).train()(inputs)
+    assert saved == [torch.bool]
     outputs.sum().backward()
     expected = (outputs != 0).float() / 0.8
     torch.testing.assert_close(inputs.grad, expected)
