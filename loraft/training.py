@@ -32,6 +32,7 @@ from loraft.model import (
     check_method,
     count_parameters,
     describe_parameters,
+    frozen_weights_in,
     load_base_model,
 )
 from loraft.recipe import BUDGET_KEYS, Recipe
@@ -88,7 +89,8 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
             resume_trainer(trainer, state)
         trackers.start({**recipe.model_dump(mode="json"), **parameter_counts(trainable, total)})
         try:
-            progress = trainer.fit()
+            with frozen_weights_in(model, held_dtype(recipe, precision, accelerator)):
+                progress = trainer.fit()
             stop.stop_at_once(trainer.finishing_message())
             final_eval, best_eval = final_metrics(trainer, task, run, eval_set, tokenizer)
         except BaseException:
@@ -297,6 +299,18 @@ def resume_trainer(trainer: Trainer, state: Path) -> None:
     ):
         group["lr"] = base * rule(scheduler.last_epoch)
     trainer.accelerator.print(f"resuming {trainer.recipe.run_dir} after step {trainer.progress.step}")
+
+
+def held_dtype(recipe: Recipe, precision: str, accelerator: Accelerator) -> torch.dtype | None:
+    """The dtype frozen weights are held in while training (`frozen_weights_in`): autocast's,
+    unless the weights are sharded (FSDP, DeepSpeed) or compiled graphs would be traced again
+    for the fp32 weights of the final evaluation."""
+    from accelerate.utils import DistributedType
+
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if precision == "fp32" or sharded or recipe.train.compile:
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def warn_about_slow_precision(precision: str, accelerator: Accelerator) -> None:

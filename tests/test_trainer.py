@@ -133,13 +133,18 @@ def test_batch_and_accumulation_splits_give_the_same_step(tiny_model_dir: Path, 
         assert_same_weights(weights, base_weights, 1e-5)
 
 
+def metrics_without_timing(run: Path) -> list[dict]:
+    """metrics.jsonl without the fields that vary from run to run (times)."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in records]
+
+
 def test_the_same_recipe_twice_writes_the_same_metrics(tiny_model_dir: Path, tmp_path: Path) -> None:
     def metrics(run: Path) -> list[dict]:
         train_recipe(
             joker_recipe(tiny_model_dir, run, "train.max_steps=6", "train.eval_every=3", "lora.dropout=0.1")
         )
-        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in records]
+        return metrics_without_timing(run)
 
     first, second = metrics(tmp_path / "a"), metrics(tmp_path / "b")
     assert first == second and len(first) == 4  # evals at 0, 3 and 6; the loss at 6 (log_every 10)
@@ -270,3 +275,33 @@ def test_a_bf16_run_computes_its_output_layer_in_bf16(
         train_recipe(joker_recipe(tiny_model_dir, tmp_path / precision, *overrides))
         assert {training for training, _ in seen} == {True, False}  # steps and evaluations
         assert {autocast for _, autocast in seen} == {precision == "bf16"}, precision
+
+
+def test_frozen_weights_held_in_bf16_change_no_number(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LoRA in bf16: the frozen weights of the matrix products are bf16 during the steps (not
+    cast again each step), fp32 and untouched afterwards, and every logged number is what
+    autocast gives with fp32 weights."""
+    from loraft import training
+    from loraft.trainer import Trainer
+
+    dtypes: set[torch.dtype] = set()
+    step = Trainer.train_step
+
+    def spy(trainer: Trainer, number: int):
+        base = trainer.accelerator.unwrap_model(trainer.model).base_model.model
+        dtypes.update({base.transformer.h[0].attn.c_attn.base_layer.weight.dtype, base.lm_head.weight.dtype})
+        return step(trainer, number)
+
+    overrides = ("train.precision=bf16", "train.max_steps=3", "train.eval_every=2", "train.log_every=1")
+    monkeypatch.setattr(Trainer, "train_step", spy)
+    held = train_recipe(joker_recipe(tiny_model_dir, tmp_path / "held", *overrides))
+    assert dtypes == {torch.bfloat16, torch.float32}  # Conv1D held in bf16; the tied head is not
+    original = GPT2LMHeadModel.from_pretrained(tiny_model_dir).state_dict()
+    for name, value in held.model.base_model.model.state_dict().items():
+        if "lora_" not in name and name in original:
+            assert value.dtype == torch.float32 and torch.equal(value, original[name]), name
+    monkeypatch.setattr(training, "held_dtype", lambda *args: None)  # autocast casts each step
+    train_recipe(joker_recipe(tiny_model_dir, tmp_path / "cast", *overrides))
+    assert metrics_without_timing(tmp_path / "held") == metrics_without_timing(tmp_path / "cast")
