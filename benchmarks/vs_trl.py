@@ -18,7 +18,10 @@ target tokens per second over the whole pass). The ceiling is the matmul peak in
 the row runs in (the mean of one measured just before and one just after that run: a shared
 machine's speed drifts over a 30-minute benchmark), divided by 6N FLOPs a token for full fine-tuning,
 4N for LoRA (no weight gradients for frozen weights) and 2N for evaluation, N = 124,439,808.
-Each row also gives its share of the fp32 ceiling (the issue's yardstick, whatever the precision).
+Each row also gives its share of the fp32 ceiling (the issue's yardstick, whatever the precision),
+and the products bound: the tokens/s of a step that ran nothing but the model's matrix products
+at their real shapes, timed here, as a share of the ceiling: the most any implementation on the
+same BLAS can reach.
 Workloads a, b and c run in fp32 on both sides.
 
     python benchmarks/vs_trl.py [--steps 8] [--warmup 2] [--workloads a,b,c,a16] [--json]
@@ -73,10 +76,11 @@ def main() -> None:
                 figures = run_worker(args, worker, *common, *extra)
                 after = {kind: matmul_peak_gflops(dtype) for kind, dtype in dtypes.items()}
                 peaks = {kind: (before[kind] + after[kind]) / 2 for kind in dtypes}
+                bound = products_bound(flops, EVAL_TOKENS if flops == 2 else STEP_TOKENS, dtypes[precision])
                 results.append(
                     {"group": group, "setup": name, **figures, "precision": precision}
                     | {"peak_gflops": peaks[precision], "ceiling": ceiling(peaks[precision], flops)}
-                    | {"fp32_ceiling": ceiling(peaks["fp32"], flops)}
+                    | {"fp32_ceiling": ceiling(peaks["fp32"], flops), "products_bound": bound}
                 )
     report = {
         "cpu_capability": capability,
@@ -125,6 +129,39 @@ def run_worker(args: argparse.Namespace, worker: str, *extra: str) -> dict:
 def ceiling(peak_gflops: float, flops_per_token: int) -> float:
     """Tokens per second if every FLOP ran at the matmul peak: peak / (FLOPs a token x N)."""
     return peak_gflops * 1e9 / (flops_per_token * N_PARAMS)
+
+
+def products_bound(flops_per_token: int, tokens: int, dtype) -> float:
+    """Tokens/s of a step that did nothing but GPT-2 small's matrix products at their real
+    shapes for `tokens` tokens: every weight's forward product, its input gradient (LoRA, full)
+    and its weight gradient (full), each timed here (best of 5). No implementation that runs
+    these products through the same BLAS goes faster, however little else it does."""
+    import torch
+
+    width, layers, vocabulary = 768, 12, 50257
+    weights = [(width, 3 * width), (width, width), (width, 4 * width), (4 * width, width)]
+    products = []
+    for inner, outer in weights * layers + [(width, vocabulary)]:
+        products.append((tokens, inner, outer))
+        if flops_per_token >= 4:
+            products.append((tokens, outer, inner))
+        if flops_per_token == 6:
+            products.append((inner, tokens, outer))
+    seconds: dict[tuple[int, int, int], float] = {}
+    for m, k, n in set(products):
+        seconds[m, k, n] = product_seconds(torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype))
+    return tokens / sum(seconds[shape] for shape in products)
+
+
+def product_seconds(a, b) -> float:
+    """The best of 5 timings of `a @ b`, after one untimed."""
+    a @ b
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def matmul_peak_gflops(dtype) -> float:
@@ -320,6 +357,9 @@ def hf_classify(args: argparse.Namespace) -> dict:
 # --- helpers --------------------------------------------------------------------------------
 
 
+# Tokens of one batch in the products bound: 8 (training) and 16 (evaluation) AG News articles of
+# 60 tokens on average (measured with the benchmark's BPE), packed in one row as loraft packs them.
+STEP_TOKENS, EVAL_TOKENS = 480, 960
 NEWS = ["train.batch_size=8", "data.max_length=128", "data.train_size=2000", "data.eval_size=16"]
 CFIMDB = ["train.batch_size=8", "data.max_length=512", "data.predict=null", "data.eval_size=8"]
 
@@ -367,13 +407,14 @@ def peak_rss_mb() -> float:
 
 def format_report(report: dict) -> str:
     """One line a run; `x ref`: loraft's tokens/s over the first other tool's run of its group;
-    `share`: of the ceiling in the row's precision; `fp32`: of the fp32 ceiling."""
+    `share`: of the ceiling in the row's precision; `fp32`: of the fp32 ceiling; `bound`: the
+    products bound's share of the ceiling (what a step doing nothing but its products reaches)."""
     lines = [
         f"CPU {report['cpu_capability']}, {report['threads']} threads; peak: the row's fp32 or bf16 "
         "matmul GFLOP/s, measured around its run; ceiling: peak / FLOPs a token",
         "",
         f"{'setup':<36}{'tokens/s':>9}{'x ref':>7}{'peak MB':>9}{'peak':>6}{'ceiling':>9}{'share':>7}"
-        f"{'fp32':>6}",
+        f"{'fp32':>6}{'bound':>7}",
     ]
     reference: dict[str, float] = {}
     for row in report["results"]:
@@ -386,7 +427,7 @@ def format_report(report: dict) -> str:
         lines.append(
             f"{row['group'] + ': ' + row['setup']:<36}{row['tokens_per_s']:>9.1f}{ratio:>7}{memory:>9}"
             f"{row['peak_gflops']:>6.0f}{row['ceiling']:>9.0f}{row['tokens_per_s'] / row['ceiling']:>7.0%}"
-            f"{row['tokens_per_s'] / row['fp32_ceiling']:>6.0%}"
+            f"{row['tokens_per_s'] / row['fp32_ceiling']:>6.0%}{row['products_bound'] / row['ceiling']:>7.0%}"
         )
     return "\n".join(lines)
 
