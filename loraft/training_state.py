@@ -52,8 +52,10 @@ def save_training_state(
     staging, final = folder / f".tmp-step-{step:08d}", folder / f"step-{step:08d}"
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)  # before any process writes into it
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()  # every process's files are written before the rename
     if accelerator.is_main_process:
         (staging / TRAINER_STATE).write_text(json.dumps({"step": step, **counters}, indent=2) + "\n")
         if final.exists():

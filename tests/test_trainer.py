@@ -161,6 +161,7 @@ def test_two_processes_of_four_equal_one_of_eight(tiny_model_dir: Path, tmp_path
         "eval.generate=false",
         *PARITY,
         "train.batch_size=4",
+        "train.save_every=1",  # a training state each step: both processes write into each one
     ]
     command = [
         sys.executable,
