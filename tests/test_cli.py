@@ -7,6 +7,9 @@ only a real process shows (the entry point, no traceback, start-up time).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -177,3 +180,14 @@ def test_a_mini_gpt_trains_from_scratch_on_a_text_file(tmp_path: Path, loraft) -
     losses = [record["eval_loss"] for record in read_records(run, "eval")]
     assert losses[0] > losses[-1] and len(losses) == 3
     assert (run / "base_model" / "tokenizer.json").is_file()
+
+
+def test_importing_loraft_bounds_onednns_kernel_cache_unless_the_user_set_it() -> None:
+    """Without the bound, a bf16 CPU run's memory grows with every new packed-row length."""
+    script = "import loraft, os; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    for given, expected in ((None, "64"), ("5", "5")):
+        env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+        if given:
+            env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = given
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+        assert done.stdout.strip() == expected, done.stderr
