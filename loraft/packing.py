@@ -21,6 +21,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 IGNORE_INDEX = -100
 PACKED_ATTENTION = "sdpa_packed"  # the attention implementation loraft gives the models it loads
@@ -76,8 +79,6 @@ def packed_attention(
 ) -> tuple[torch.Tensor, None]:
     """transformers' SDPA attention; for a packed row (`cu_seq_lens_q`), causal SDPA on each
     example's slice. Query, key and value are (batch, heads, tokens, head size)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if cu_seq_lens_q is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
@@ -107,9 +108,6 @@ def _attention_per_example(
 def use_packed_attention(model: torch.nn.Module) -> None:
     """Give `model` loraft's packed attention (SDPA for unpacked batches, as before); a model
     without transformers' attention interface keeps its own (and cannot train packed)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
     AttentionInterface.register(PACKED_ATTENTION, packed_attention)
     AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
     if getattr(model.config, "_attn_implementation", None) == "sdpa":
