@@ -185,7 +185,7 @@ def test_a_mini_gpt_trains_from_scratch_on_a_text_file(tmp_path: Path, loraft) -
 def test_importing_loraft_bounds_onednns_kernel_cache_unless_the_user_set_it() -> None:
     """Without the bound, a bf16 CPU run's memory grows with every new packed-row length."""
     script = "import loraft, os; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
-    for given, expected in ((None, "64"), ("5", "5")):
+    for given, expected in ((None, "16"), ("5", "5")):
         env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
         if given:
             env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = given
