@@ -19,9 +19,11 @@ the row runs in (the mean of one measured just before and one just after that ru
 machine's speed drifts over a 30-minute benchmark), divided by 6N FLOPs a token for full fine-tuning,
 4N for LoRA (no weight gradients for frozen weights) and 2N for evaluation, N = 124,439,808.
 Each row also gives its share of the fp32 ceiling (the issue's yardstick, whatever the precision),
-and the products bound: the tokens/s of a step that ran nothing but the model's matrix products
-at their real shapes, timed here, as a share of the ceiling: the most any implementation on the
-same BLAS can reach.
+and two bounds, as shares of the ceiling: the products bound, the tokens/s of a step that ran
+nothing but the model's matrix products at their real shapes, timed here (the most any
+implementation on the same BLAS can reach), and the kernels bound, that step plus the least
+other work GPT-2 needs (attention, GELU, layer norms, the loss's softmax, AdamW), each through
+PyTorch's fastest CPU kernel for it (the most any implementation on PyTorch's kernels can reach).
 Workloads a, b and c run in fp32 on both sides.
 
     python benchmarks/vs_trl.py [--steps 8] [--warmup 2] [--workloads a,b,c,a16] [--json]
@@ -77,11 +79,16 @@ def main() -> None:
                 after = {kind: matmul_peak_gflops(dtype) for kind, dtype in dtypes.items()}
                 peaks = {kind: (before[kind] + after[kind]) / 2 for kind in dtypes}
                 tokens = EVAL_TOKENS if flops == 2 else STEP_TOKENS
-                bound = None if workload == "b" else products_bound(flops, tokens, dtypes[precision])
+                bounds = {"products_bound": None, "kernels_bound": None}
+                if workload != "b" and name == "loraft":
+                    bounds = {
+                        "products_bound": products_bound(flops, tokens, dtypes[precision]),
+                        "kernels_bound": kernels_bound(flops, tokens, dtypes[precision]),
+                    }
                 results.append(
                     {"group": group, "setup": name, **figures, "precision": precision}
                     | {"peak_gflops": peaks[precision], "ceiling": ceiling(peaks[precision], flops)}
-                    | {"fp32_ceiling": ceiling(peaks["fp32"], flops), "products_bound": bound}
+                    | {"fp32_ceiling": ceiling(peaks["fp32"], flops), **bounds}
                 )
     report = {
         "cpu_capability": capability,
@@ -137,6 +144,33 @@ def products_bound(flops_per_token: int, tokens: int, dtype) -> float:
     shapes for `tokens` tokens: every weight's forward product, its input gradient (LoRA, full)
     and its weight gradient (full), each timed here (best of 5). No implementation that runs
     these products through the same BLAS goes faster, however little else it does."""
+    return tokens / products_seconds(flops_per_token, tokens, dtype)
+
+
+def kernels_bound(flops_per_token: int, tokens: int, dtype) -> float:
+    """Tokens/s of a step that ran the products and, besides them, only the other work every
+    GPT-2 step needs, each through PyTorch's fastest CPU kernel for it, timed here at its real
+    shapes: causal attention on each example of 60 tokens (SDPA; in training with the model's
+    attention dropout, which only its math path runs), the tanh GELU, the layer norms, the
+    loss's log-softmax over the vocabulary (fp32) and, for full fine-tuning, fused AdamW over
+    every weight; forward only for evaluation (2N). Residual dropout, additions, copies and
+    LoRA's own products are left out, so no step on these kernels can go faster."""
+    import torch
+
+    training = flops_per_token > 2
+    width, layers, vocabulary = 768, 12, 50257
+    seconds = products_seconds(flops_per_token, tokens, dtype)
+    seconds += layers * (tokens // 60) * attention_seconds(60, training, dtype)
+    seconds += layers * elementwise_seconds("gelu", (tokens, 4 * width), training, dtype)
+    seconds += (2 * layers + 1) * elementwise_seconds("layer_norm", (tokens, width), training, dtype)
+    seconds += elementwise_seconds("log_softmax", (tokens, vocabulary), False, torch.float32)
+    if flops_per_token == 6:
+        seconds += adamw_seconds()
+    return tokens / seconds
+
+
+def products_seconds(flops_per_token: int, tokens: int, dtype) -> float:
+    """The time of `products_bound`'s products, each the best of 5."""
     import torch
 
     width, layers, vocabulary = 768, 12, 50257
@@ -151,18 +185,75 @@ def products_bound(flops_per_token: int, tokens: int, dtype) -> float:
     seconds: dict[tuple[int, int, int], float] = {}
     for m, k, n in set(products):
         seconds[m, k, n] = product_seconds(torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype))
-    return tokens / sum(seconds[shape] for shape in products)
+    return sum(seconds[shape] for shape in products)
+
+
+def attention_seconds(length: int, training: bool, dtype) -> float:
+    """Causal SDPA over one example of 12 heads (and its backward, with dropout 0.1, in training)."""
+    import torch
+    import torch.nn.functional as F
+
+    query, key, value = (
+        torch.randn(1, 12, length, 64, dtype=dtype, requires_grad=training) for _ in range(3)
+    )
+
+    def run() -> None:
+        output = F.scaled_dot_product_attention(query, key, value, is_causal=True, dropout_p=0.1 * training)
+        if training:
+            output.backward(torch.ones_like(output))
+
+    with torch.set_grad_enabled(training):
+        return best_seconds(run)
+
+
+def elementwise_seconds(kernel: str, shape: tuple[int, int], training: bool, dtype) -> float:
+    """One `kernel` (gelu: tanh GELU; layer_norm over the last axis, fp32 as autocast runs it;
+    log_softmax over the last axis) on a tensor of `shape`, and its backward in training."""
+    import torch
+    import torch.nn.functional as F
+
+    if kernel == "layer_norm":
+        dtype = torch.float32
+    inputs = torch.randn(shape, dtype=dtype, requires_grad=training)
+    function = {
+        "gelu": lambda: F.gelu(inputs, approximate="tanh"),
+        "layer_norm": lambda: F.layer_norm(inputs, shape[-1:]),
+        "log_softmax": lambda: inputs.log_softmax(-1),
+    }[kernel]
+
+    def run() -> None:
+        output = function()
+        if training:
+            output.backward(torch.ones_like(output))
+
+    with torch.set_grad_enabled(training):
+        return best_seconds(run)
+
+
+def adamw_seconds() -> float:
+    """One fused AdamW step over GPT-2 small's weights (fp32, as loraft's optimizer runs)."""
+    import torch
+
+    weights = [torch.nn.Parameter(torch.randn(count)) for count in (38_597_376, 786_432, 85_056_000)]
+    for weight in weights:
+        weight.grad = torch.randn_like(weight)
+    return best_seconds(torch.optim.AdamW(weights, fused=True).step)
+
+
+def best_seconds(run) -> float:
+    """The best of 5 timings of `run()`, after one untimed."""
+    run()
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def product_seconds(a, b) -> float:
     """The best of 5 timings of `a @ b`, after one untimed."""
-    a @ b
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return best
+    return best_seconds(lambda: a @ b)
 
 
 def matmul_peak_gflops(dtype) -> float:
@@ -411,13 +502,14 @@ def peak_rss_mb() -> float:
 def format_report(report: dict) -> str:
     """One line a run; `x ref`: loraft's tokens/s over the first other tool's run of its group;
     `share`: of the ceiling in the row's precision; `fp32`: of the fp32 ceiling; `bound`: the
-    products bound's share of the ceiling (what a step doing nothing but its products reaches)."""
+    products bound's share of the ceiling (what a step doing nothing but its products reaches);
+    `kernels`: the kernels bound's (the products plus the least other work a step needs)."""
     lines = [
         f"CPU {report['cpu_capability']}, {report['threads']} threads; peak: the row's fp32 or bf16 "
         "matmul GFLOP/s, measured around its run; ceiling: peak / FLOPs a token",
         "",
         f"{'setup':<36}{'tokens/s':>9}{'x ref':>7}{'peak MB':>9}{'peak':>6}{'ceiling':>9}{'share':>7}"
-        f"{'fp32':>6}{'bound':>7}",
+        f"{'fp32':>6}{'bound':>7}{'kernels':>9}",
     ]
     reference: dict[str, float] = {}
     for row in report["results"]:
@@ -427,11 +519,14 @@ def format_report(report: dict) -> str:
         ours = row["setup"].startswith("loraft") and row["group"] in reference
         ratio = f"{row['tokens_per_s'] / reference[row['group']]:.2f}" if ours else ""
         memory = f"{row['peak_mb']:,.0f}" if row["peak_mb"] else "-"
-        bound = f"{row['products_bound'] / row['ceiling']:.0%}" if row["products_bound"] else "-"
+        bound, kernels = (
+            f"{row[name] / row['ceiling']:.0%}" if row.get(name) else "-"
+            for name in ("products_bound", "kernels_bound")
+        )
         lines.append(
             f"{row['group'] + ': ' + row['setup']:<36}{row['tokens_per_s']:>9.1f}{ratio:>7}{memory:>9}"
             f"{row['peak_gflops']:>6.0f}{row['ceiling']:>9.0f}{row['tokens_per_s'] / row['ceiling']:>7.0%}"
-            f"{row['tokens_per_s'] / row['fp32_ceiling']:>6.0%}{bound:>7}"
+            f"{row['tokens_per_s'] / row['fp32_ceiling']:>6.0%}{bound:>7}{kernels:>9}"
         )
     return "\n".join(lines)
 
