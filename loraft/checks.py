@@ -4,9 +4,10 @@
 `study`. It checks, in order: the task's own fields (labels, template, prompts, metric),
 generation settings against each other and against the model's context, the extra
 `evaluate:` metrics, and (given data roots) the first rows of every data file, read by the
-same code that training uses. The model's shape is read without loading weights: the four
-GPT-2 sizes and `model.config` are known here, a local path's `config.json` is read, and a
-hub id is checked only if its config is in the local cache (training checks it once loaded).
+same code that training uses. The model's shape is read without loading weights: the sizes
+a family knows offline (GPT-2's four) and `model.config` are known here, a local path's
+`config.json` is read, and a hub id is checked only if its config is in the local cache
+(training checks it once loaded).
 """
 
 from __future__ import annotations
@@ -16,19 +17,10 @@ import os
 from pathlib import Path
 
 from loraft.errors import LoraftError
+from loraft.methods import method_of
+from loraft.models import architecture_for, known_config, scratch_fields, shape_from_config
 from loraft.recipe import GenerationSection, Recipe
 from loraft.text_metrics import parse_metric_spec
-
-# (n_layer, n_embd, n_head) of the released GPT-2 checkpoints; all have 1024 positions.
-GPT2_SHAPES = {
-    "gpt2": (12, 768, 12),
-    "gpt2-medium": (24, 1024, 16),
-    "gpt2-large": (36, 1280, 20),
-    "gpt2-xl": (48, 1600, 25),
-}
-GPT2_CONTEXT = 1024
-# GPT-2's layers PEFT's LoRA can wrap: attention in/out, MLP in/out, embeddings, output heads.
-GPT2_ADAPTABLE = ("c_attn", "c_proj", "c_fc", "wte", "wpe", "lm_head", "score")
 
 
 def check_recipe(recipe: Recipe, roots: list[Path] | None = None) -> None:
@@ -41,8 +33,8 @@ def check_recipe(recipe: Recipe, roots: list[Path] | None = None) -> None:
     facts = model_facts(recipe)
     context = context_of(facts) if facts else None
     check_context(recipe, context)
-    check_lora_targets(recipe, facts.get("model_type"))
-    if recipe.task != "classification":
+    method_of(recipe).check_before_loading(recipe, facts.get("model_type") if facts else None, bool(facts))
+    if recipe.task_kind != "classification":
         check_generation(recipe.generation, context, "generation")
         for name in recipe.study.decoders:
             check_generation(recipe.decoder_settings(name), context, f"study.decoders.{name}")
@@ -71,10 +63,7 @@ def check_context(recipe: Recipe, context: int | None) -> None:
 def check_generation(settings: GenerationSection, context: int | None, where: str) -> None:
     """Decoding settings that cannot work together, or with the model's context."""
     if settings.context_window is not None and settings.strategy == "beam":
-        raise LoraftError(
-            f"{where}.context_window: beam search is not supported with a shortened context; "
-            "use strategy greedy or sample"
-        )
+        raise LoraftError(beam_with_window(where))
     if settings.strategy == "beam" and settings.num_beams < 2:
         raise LoraftError(f"{where}.num_beams: beam search needs 2 or more beams (1 is greedy decoding)")
     reencoding = settings.context_window is not None and settings.context_mode == "reencode"
@@ -83,6 +72,14 @@ def check_generation(settings: GenerationSection, context: int | None, where: st
             f"{where}.max_new_tokens: {settings.max_new_tokens} leaves no room for a prompt in the "
             f"model's {context}-token context; use {context // 2} or less"
         )
+
+
+def beam_with_window(where: str = "generation") -> str:
+    """The one message for beam search asked with a shortened context (checks and decoding)."""
+    return (
+        f"{where}.context_window: beam search is not supported with a shortened context; "
+        "use strategy greedy or sample"
+    )
 
 
 def check_extra_metrics(recipe: Recipe) -> None:
@@ -104,32 +101,22 @@ def check_extra_metrics(recipe: Recipe) -> None:
 
 
 def model_facts(recipe: Recipe) -> dict:
-    """What the model's config says (`n_positions`, `model_type`), read without weights; empty
-    when only the hub could say."""
+    """What the model's config says (`config.json` fields, `model_type` among them), read
+    without weights; empty when only the hub could say."""
     if recipe.model.config is not None:
-        return {"model_type": "gpt2", "n_positions": recipe.model.config.n_positions}
-    name = recipe.model.name.removeprefix("openai-community/")
-    if name in GPT2_SHAPES:
-        return {"model_type": "gpt2", "n_positions": GPT2_CONTEXT}
+        return scratch_fields(recipe.model.config, recipe.model.tokenizer_vocab_size, 0, 0)
+    known = known_config(recipe.model.name)
+    if known is not None:
+        return known[1]
     return local_config(recipe.model.name, recipe.model.revision) or {}
 
 
-def check_lora_targets(recipe: Recipe, model_type: str | None) -> None:
-    """On GPT-2, LoRA adapts its linear (Conv1D) and embedding layers, named by their last part."""
-    if recipe.method != "lora" or model_type != "gpt2":
-        return
-    for target in recipe.lora.target_modules:
-        if target not in GPT2_ADAPTABLE:
-            raise LoraftError(
-                f"lora.target_modules: '{target}' is not a GPT-2 layer LoRA can adapt; "
-                f"use some of {', '.join(GPT2_ADAPTABLE)}"
-            )
-
-
 def context_of(config) -> int | None:
-    """Positions of a model config (a transformers config or its `config.json` as a dict)."""
+    """Positions of a model config (a transformers config or its `config.json` as a dict), in
+    the keys of its family."""
     values = config if isinstance(config, dict) else config.to_dict()
-    return values.get("n_positions") or values.get("max_position_embeddings")
+    family = architecture_for(values.get("model_type"))
+    return shape_from_config(values, family.config_keys if family else None).context
 
 
 def local_config(name: str, revision: str | None) -> dict | None:
@@ -154,9 +141,12 @@ def local_config(name: str, revision: str | None) -> dict | None:
             return None
         path = Path(cached)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise LoraftError(f"model.name: {path} is not a readable model config") from None
+    if not isinstance(config, dict):
+        raise LoraftError(f"model.name: {path} holds a JSON {type(config).__name__}, not a model config")
+    return config
 
 
 def looks_like_a_path(name: str) -> bool:

@@ -259,9 +259,10 @@ def sweep(
     ] = False,
 ) -> None:
     """Run a grid of overrides (x seeds), one process a run; skip finished points on a rerun; compare."""
+    from loraft.run_dir import default_run_dir
     from loraft.sweep import parse_grid, plan_points, run_sweep, sweep_points
 
-    folder = out or Path("runs") / f"sweep-{recipe.stem}"
+    folder = out or default_run_dir(f"sweep-{recipe.stem}")
     if dry_run:
         points, notes = sweep_points(recipe, overrides or [], parse_grid(grid or []), seeds)
         for note in notes:

@@ -20,21 +20,21 @@ def evaluate_run(
     Generations and predictions go to `RUN_DIR/eval-<checkpoint>/`, never over the run's own.
     """
     run, recipe, roots = check_eval(run_dir, overrides, checkpoint, data_root)
-    from accelerate import Accelerator
-
     from loraft.checkpoint import load_trained_model
     from loraft.system import keep_freed_memory, resolve_precision
     from loraft.tasks import build_task
     from loraft.trainer import evaluate_model
-    from loraft.training import eval_loader_for
+    from loraft.training import eval_loader_for, make_accelerator
 
     warn_about_local_metric_code(recipe, run)
     task = build_task(recipe, roots)
     _, eval_rows = task.rows()
     model, tokenizer = load_trained_model(run, checkpoint, recipe)
+    for line in task.fit_to_model(model):
+        print(line)
     eval_set = task.with_targets(task.tokenize(eval_rows, tokenizer), "evaluation")
     precision = resolve_precision(recipe.train.precision)
-    accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision)
+    accelerator = make_accelerator(precision)
     if accelerator.device.type == "cpu" and task.kind == "causal_lm":
         keep_freed_memory()
     model, loader = accelerator.prepare(model, eval_loader_for(recipe, task, eval_set, tokenizer))

@@ -16,7 +16,7 @@ from pathlib import Path
 from loraft import __version__
 from loraft.errors import LoraftError
 from loraft.recipe import Recipe
-from loraft.run_dir import RunDirectory
+from loraft.run_dir import BASE_MODEL, RunDirectory
 
 
 def export_run(
@@ -27,28 +27,29 @@ def export_run(
     push_to_hub: str | None = None,
 ) -> Path:
     """Write checkpoint `checkpoint` of a run to `out` (which must be new or empty); optionally push it."""
-    from peft import PeftModel
-
     from loraft.checkpoint import load_trained_model
+    from loraft.methods import method_of
 
     run, out = RunDirectory.open(run_dir), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LoraftError(f"--out: {out} already exists and is not empty; choose a new folder")
     recipe = run.read_recipe()
     model, tokenizer = load_trained_model(run, checkpoint, recipe)
-    adapter = isinstance(model, PeftModel) and not merge
+    family = architecture_name(model)
+    exported, adapter = method_of(recipe).exported(model, merge)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".loraft-export-{out.name}-", dir=out.parent))  # new, own
     try:
         if adapter:
-            model.save_pretrained(staging, save_embedding_layers=False)
+            exported.save_pretrained(staging, save_embedding_layers=False)
             if recipe.model.config is not None:
-                shutil.copytree(run.base_model_path, staging / "base_model")
+                shutil.copytree(run.base_model_path, staging / BASE_MODEL)
         else:
-            (model.merge_and_unload() if isinstance(model, PeftModel) else model).save_pretrained(staging)
+            exported.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         summary = run.read_summary() if run.is_finished() else {}
-        (staging / "README.md").write_text(model_card(recipe, summary, checkpoint, adapter), encoding="utf-8")
+        card = model_card(recipe, summary, checkpoint, adapter, family)
+        (staging / "README.md").write_text(card, encoding="utf-8")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # our own staging folder only
         raise
@@ -61,23 +62,33 @@ def export_run(
     return out
 
 
-def model_card(recipe: Recipe, summary: dict, checkpoint: str, adapter: bool) -> str:
+def architecture_name(model) -> tuple[str, str]:
+    """(model_type, the family's name for people) of a loaded model."""
+    from loraft.models.loading import architecture_of
+
+    family = architecture_of(model)
+    model_type = model.config.model_type
+    return model_type, family.family if family else model_type
+
+
+def model_card(recipe: Recipe, summary: dict, checkpoint: str, adapter: bool, family: tuple[str, str]) -> str:
     """A model card in the hub's format: YAML metadata, then what the model is and how it was made."""
     from huggingface_hub import ModelCardData
 
-    classification = recipe.task == "classification"
+    model_type, family_name = family
+    classification = recipe.task_kind == "classification"
     base = recipe.model.name if recipe.model.config is None else None
     metadata = ModelCardData(
         library_name="peft" if adapter else "transformers",
         base_model=base if base and not Path(base).exists() else None,
         pipeline_tag="text-classification" if classification else "text-generation",
-        tags=["loraft", "gpt2", recipe.method, recipe.task],
+        tags=["loraft", model_type, recipe.method, recipe.task],
         datasets=[recipe.data.hub.id] if recipe.data.hub else None,
     )
     sections = [
         f"---\n{metadata.to_yaml()}\n---",
-        f"# {recipe.name}\n\n{recipe.description or 'A GPT-2 fine-tuned with loraft.'}",
-        "## Model\n\n" + _bullets(_model_facts(recipe, summary, checkpoint, adapter)),
+        f"# {recipe.name}\n\n{recipe.description or f'A {family_name} fine-tuned with loraft.'}",
+        "## Model\n\n" + _bullets(_model_facts(recipe, summary, checkpoint, adapter, family_name)),
         "## Data\n\n" + _bullets(_data_facts(recipe, summary)),
         "## Training\n\n" + _bullets(_training_facts(recipe, summary)),
     ]
@@ -116,19 +127,19 @@ def push(folder: Path, repo_id: str) -> None:
         raise LoraftError(f"--push-to-hub: cannot upload to {repo_id}: {reason}{offline_hint()}") from None
 
 
-def _model_facts(recipe: Recipe, summary: dict, checkpoint: str, adapter: bool) -> list[str]:
+def _model_facts(recipe: Recipe, summary: dict, checkpoint: str, adapter: bool, family: str) -> list[str]:
+    from loraft.methods import method_of
+
     shape = recipe.model.config
     base = recipe.model.name or (
-        f"a GPT-2 trained from scratch ({shape.n_layer} layers, width {shape.n_embd}, "
-        f"{shape.n_head} heads, {shape.n_positions} positions)"
+        f"a {family} trained from scratch ({shape.layers} layers, width {shape.width}, "
+        f"{shape.heads} heads, {shape.context} positions)"
     )
-    facts = [f"Base model: {base}", f"Method: {recipe.method}" + (" (adapter not merged)" if adapter else "")]
-    if recipe.method == "lora":
-        lora = recipe.lora
-        facts.append(
-            f"LoRA: rank {lora.r}, alpha {lora.alpha:g}, dropout {lora.dropout:g}, "
-            f"targets {', '.join(lora.target_modules)}"
-        )
+    facts = [
+        f"Base model: {base} ({family})",
+        f"Method: {recipe.method}" + (" (adapter not merged)" if adapter else ""),
+        *method_of(recipe).card_facts(recipe),
+    ]
     if summary:
         facts.append(
             f"Trainable parameters: {summary['trainable_params']:,} of {summary['total_params']:,} "
@@ -168,11 +179,12 @@ def _training_facts(recipe: Recipe, summary: dict) -> list[str]:
 
 
 def _usage(recipe: Recipe, adapter: bool) -> str:
-    auto = "AutoModelForSequenceClassification" if recipe.task == "classification" else "AutoModelForCausalLM"
+    classification = recipe.task_kind == "classification"
+    auto = "AutoModelForSequenceClassification" if classification else "AutoModelForCausalLM"
     if not adapter:
         return f'from transformers import {auto}, AutoTokenizer\nmodel = {auto}.from_pretrained("PATH")'
-    base = "PATH/base_model" if recipe.model.config is not None else recipe.model.name
-    labels = f", num_labels={len(recipe.data.labels)}" if recipe.task == "classification" else ""
+    base = f"PATH/{BASE_MODEL}" if recipe.model.config is not None else recipe.model.name
+    labels = f", num_labels={len(recipe.data.labels)}" if classification else ""
     return (
         f"from peft import PeftModel\nfrom transformers import {auto}\n"
         f'model = PeftModel.from_pretrained({auto}.from_pretrained("{base}"{labels}), "PATH")'

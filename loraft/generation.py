@@ -36,13 +36,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from loraft.errors import LoraftError
+from loraft.checks import check_generation, context_of
 from loraft.recipe import GenerationSection
-
-BEAM_WITH_WINDOW = (
-    "generation.context_window: beam search is not supported with a shortened context; "
-    "use strategy greedy or sample"
-)
 
 
 class GenerationResult(NamedTuple):
@@ -61,7 +56,7 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSection) 
     """The continuation of `settings.prefix + prompt` for each prompt, in order.
 
     Only the new text is returned, decoded without special tokens; a sequence stops at the
-    tokenizer's end-of-text. `model` is a GPT-2 LM or a `peft.PeftModel` wrapping one.
+    tokenizer's end-of-text. `model` is a causal LM or a `peft.PeftModel` wrapping one.
     """
     return generate_with_stats(model, tokenizer, prompts, settings).texts
 
@@ -88,10 +83,11 @@ def generate_with_stats(
 
 
 def encode_prompts(tokenizer, prompts: list[str], prefix: str = "") -> list[list[int]]:
-    """Token ids of `prefix + prompt`; an empty text starts from the BOS (GPT-2: end-of-text)."""
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    encoded = tokenizer([prefix + prompt for prompt in prompts], add_special_tokens=False)
-    return [ids or [start] for ids in encoded["input_ids"]]
+    """Token ids of `prefix + prompt`, by the rule training uses (`loraft.tokenizer`): BOS
+    first where the tokenizer adds one; an empty text starts from BOS (GPT-2: end-of-text)."""
+    from loraft.tokenizer import encode_prompt
+
+    return [encode_prompt(tokenizer, prefix + prompt) for prompt in prompts]
 
 
 def generate_token_ids(
@@ -112,10 +108,9 @@ def generate_token_ids(
     benchmarks). Sampling and random windows are seeded by `settings.seed`; the global torch
     RNG is left as it was.
     """
-    if settings.context_window is not None and settings.strategy == "beam":
-        raise LoraftError(BEAM_WITH_WINDOW)
     device = next(model.parameters()).device
-    context = _context_length(model)
+    context = context_of(model.config)
+    check_generation(settings, context, "generation")
     rows = _fit_to_context(prompts, settings, context)
     decode = _make_decoder(model, settings, eos_token_id, pad_token_id, use_cache, context, device)
     was_training = model.training
@@ -135,11 +130,6 @@ def generate_token_ids(
 # --- batching and limits -------------------------------------------------------------------
 
 
-def _context_length(model) -> int | None:
-    config = model.config
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-
-
 def _fit_to_context(
     prompts: Sequence[Sequence[int]], settings: GenerationSection, context: int | None
 ) -> list[list[int]]:
@@ -147,13 +137,7 @@ def _fit_to_context(
     reencoding = settings.context_window is not None and settings.context_mode == "reencode"
     if context is None or reencoding:
         return rows
-    room = context - settings.max_new_tokens
-    if room < 1:
-        raise LoraftError(
-            f"generation.max_new_tokens: {settings.max_new_tokens} leaves no room for a prompt "
-            f"in the model's {context}-token context"
-        )
-    return [row[-room:] for row in rows]
+    return [row[-(context - settings.max_new_tokens) :] for row in rows]  # room checked before
 
 
 def _left_pad(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:

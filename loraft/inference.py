@@ -72,7 +72,7 @@ def _from_run(run: RunDirectory, checkpoint: str):
     from loraft.tasks import TASK_CLASSES
 
     recipe = run.read_recipe()
-    if recipe.task == "classification":
+    if recipe.task_kind == "classification":
         raise LoraftError(f"{run.path}: a classification run does not generate text")
     check_recipe(recipe)
     model, tokenizer = load_trained_model(run, checkpoint, recipe)
@@ -83,7 +83,7 @@ def _from_run(run: RunDirectory, checkpoint: str):
 def _from_model(target: str):
     from transformers import AutoModelForCausalLM
 
-    from loraft.model import with_fast_kernels
+    from loraft.models.loading import with_fast_kernels
     from loraft.tokenizer import load_tokenizer
 
     if not is_local(target):

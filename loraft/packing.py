@@ -25,7 +25,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-IGNORE_INDEX = -100
+from loraft.tasks.base import IGNORE_INDEX
+
 PACKED_ATTENTION = "sdpa_packed"  # the attention implementation loraft gives the models it loads
 
 
@@ -78,7 +79,9 @@ def packed_attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' SDPA attention; for a packed row (`cu_seq_lens_q`), causal SDPA on each
-    example's slice. Query, key and value are (batch, heads, tokens, head size)."""
+    example's slice. Query, key and value are (batch, heads, tokens, head size); with
+    grouped-query attention, key and value have fewer heads, each shared by a group of query
+    heads. Rotary positions are already applied (from each example's own position ids)."""
     if cu_seq_lens_q is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
@@ -98,11 +101,32 @@ def _attention_per_example(
     # split, not one slice per example: the backward pass then joins the examples' gradients
     # once, where slices would each add a zero-filled gradient of the whole row
     lengths = bounds.diff().tolist()
+    grouped = key.shape[1] != query.shape[1]
     outputs = [
-        F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling)
+        F.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=grouped
+        )
         for q, k, v in zip(*(tensor.split(lengths, dim=2) for tensor in (query, key, value)), strict=True)
     ]
     return torch.cat(outputs, dim=2).transpose(1, 2)
+
+
+def packing_problem(model: torch.nn.Module, max_length: int) -> str | None:
+    """Why `model` cannot train on packed rows, or None. Only the families loraft tests pack:
+    another may take positions from the attention mask (OPT) or attend in ways the per-example
+    attention does not reproduce (soft-capping, sliding windows)."""
+    from loraft.models.loading import architecture_of
+
+    config = model.config
+    if architecture_of(model) is None:
+        return f"packing is tested on the families loraft knows, not on '{config.model_type}' models"
+    attention = getattr(config, "_attn_implementation", None)
+    if attention != PACKED_ATTENTION:
+        return f"the model's '{attention}' attention cannot keep packed examples apart"
+    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+    if window is not None and window < max_length:
+        return f"the model attends through a sliding window of {window} tokens, shorter than data.max_length"
+    return None
 
 
 def use_packed_attention(model: torch.nn.Module) -> None:

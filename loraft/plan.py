@@ -1,41 +1,34 @@
 """`loraft plan`: parameter counts and a memory estimate, without downloading any weights.
 
-The model is built on the meta device (shapes only). The four GPT-2 sizes are known here, so
-planning them works offline; other names need their config (a local path, or the hub).
+The model is built on the meta device (shapes only), for every family. The sizes a family
+knows offline (GPT-2's four) and `model.config` need nothing; other names need their config (a
+local path, or the hub).
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config
+from transformers import AutoConfig, PretrainedConfig
 
-from loraft.checks import GPT2_SHAPES
 from loraft.errors import LoraftError
-from loraft.model import apply_method, count_parameters
+from loraft.methods import apply_method, method_of
+from loraft.models import ModelShape, architecture_for, known_config, scratch_fields, shape_from_config
+from loraft.models.loading import auto_class, config_from_fields, count_parameters
 from loraft.recipe import Recipe
 from loraft.system import resolve_precision
 
-GPT2_VOCAB = 50257
 MB = 2**20
 
 
-def model_config(recipe: Recipe) -> GPT2Config:
+def model_config(recipe: Recipe) -> PretrainedConfig:
     """The architecture of the recipe's model, read without weights."""
     shape = recipe.model.config
     if shape is not None:
-        return GPT2Config(
-            vocab_size=recipe.model.tokenizer_vocab_size,
-            n_positions=shape.n_positions,
-            n_embd=shape.n_embd,
-            n_layer=shape.n_layer,
-            n_head=shape.n_head,
-            bos_token_id=recipe.model.tokenizer_vocab_size - 1,  # inside the trained vocabulary
-            eos_token_id=recipe.model.tokenizer_vocab_size - 1,
-        )
-    name = recipe.model.name.removeprefix("openai-community/")
-    if name in GPT2_SHAPES:
-        n_layer, n_embd, n_head = GPT2_SHAPES[name]
-        return GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=GPT2_VOCAB)
+        last = recipe.model.tokenizer_vocab_size - 1  # BOS and EOS inside the trained vocabulary
+        return config_from_fields(scratch_fields(shape, recipe.model.tokenizer_vocab_size, last, last))
+    known = known_config(recipe.model.name)
+    if known is not None:
+        return config_from_fields(known[1])
     try:
         return AutoConfig.from_pretrained(recipe.model.name, revision=recipe.model.revision)
     except (OSError, ValueError) as error:
@@ -43,47 +36,58 @@ def model_config(recipe: Recipe) -> GPT2Config:
         raise LoraftError(f"model.name: cannot read the config of '{recipe.model.name}': {reason}") from None
 
 
+def model_shape(config: PretrainedConfig) -> ModelShape:
+    """The neutral shape of a config, in its family's keys."""
+    family = architecture_for(config.model_type)
+    return shape_from_config(config.to_dict(), family.config_keys if family else None)
+
+
 def plan_recipe(recipe: Recipe) -> dict:
     """Counts as PEFT reports them, and a memory estimate for training at the recipe's shape."""
     config = model_config(recipe)
-    kind = "classification" if recipe.task == "classification" else "causal_lm"
-    auto = AutoModelForSequenceClassification if kind == "classification" else AutoModelForCausalLM
+    kind = recipe.task_kind
     if kind == "classification":
         config.num_labels = len(recipe.data.labels or ["0", "1"])
     with torch.device("meta"):
-        model = apply_method(auto.from_config(config), recipe, kind)
+        base = auto_class(kind).from_config(config)
+        described = method_of(recipe).describe(base, recipe)
+        model = apply_method(base, recipe, kind)
     trainable, total = count_parameters(model)
+    family = architecture_for(config.model_type)
     return {
         "model": recipe.model.name or "scratch",
+        "architecture": family.family if family else config.model_type,
         "method": recipe.method,
+        "method_details": described,
         "total_params": total,
         "trainable_params": trainable,
         "trainable_pct": 100 * trainable / total,
         "batch_size": recipe.train.batch_size,
         "max_length": recipe.data.max_length,
         "precision": resolve_precision(recipe.train.precision),
-        "memory_mb": estimate_memory_mb(recipe, config, trainable, total),
+        "memory_mb": estimate_memory_mb(recipe, model_shape(config), trainable, total),
     }
 
 
-def estimate_memory_mb(recipe: Recipe, config: GPT2Config, trainable: int, total: int) -> dict:
+def estimate_memory_mb(recipe: Recipe, shape: ModelShape, trainable: int, total: int) -> dict:
     """Weights, gradients, AdamW state and activations, in MiB (an estimate, not a measurement).
 
     Weights stay fp32 under mixed precision (autocast keeps fp32 masters). Activations follow
     Korthikanti et al. (2022): per layer about seq*batch*hidden*(34 + 5*heads*seq/hidden)
     bytes at 16 bits, twice that in fp32; the logits and their gradient come on top.
     """
-    batch, seq = recipe.train.batch_size, min(recipe.data.max_length, config.n_positions)
-    hidden, heads, layers = config.n_embd, config.n_head, config.n_layer
+    batch = recipe.train.batch_size
+    seq = min(recipe.data.max_length, shape.context or recipe.data.max_length)
+    hidden, heads, layers = shape.width, shape.heads, shape.layers
     scale = 2 if resolve_precision(recipe.train.precision) == "fp32" else 1
     per_layer = seq * batch * hidden * (34 + 5 * heads * seq / hidden) * scale
     if recipe.train.gradient_checkpointing:
         layers_kept = seq * batch * hidden * 2 * scale * layers + per_layer
     else:
         layers_kept = per_layer * layers
-    if recipe.method == "head":  # nothing below the head needs its activations kept
+    if not method_of(recipe).trains_layers_below_head:  # nothing below the head needs its activations
         layers_kept = seq * batch * hidden * 2 * scale
-    outputs = config.num_labels if recipe.task == "classification" else config.vocab_size
+    outputs = len(recipe.data.labels or ["0", "1"]) if recipe.task_kind == "classification" else shape.vocab
     logits = batch * seq * outputs * 4 * 2
     memory = {
         "weights": total * 4,
@@ -99,8 +103,9 @@ def format_plan(plan: dict) -> str:
     """The human-readable form of `plan_recipe`'s result."""
     memory = plan["memory_mb"]
     lines = [
-        f"model {plan['model']}, method {plan['method']}, batch {plan['batch_size']} x "
-        f"{plan['max_length']} tokens, {plan['precision']}",
+        f"model {plan['model']} ({plan['architecture']}), method {plan['method']}, batch "
+        f"{plan['batch_size']} x {plan['max_length']} tokens, {plan['precision']}",
+        *plan["method_details"],
         f"trainable params: {plan['trainable_params']:,d} || all params: {plan['total_params']:,d} "
         f"|| trainable%: {plan['trainable_pct']:.4f}",
         "estimated training memory (MiB):",

@@ -40,11 +40,9 @@ def frontier(comparison: Comparison):
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    lora = [point for point in comparison.points if point.method == "lora"]
-    for index, targets in enumerate(sorted({point.runs[0]["targets"] for point in lora})):
-        chosen = sorted(
-            (p for p in lora if p.runs[0]["targets"] == targets), key=lambda p: p.mean("trainable_params")
-        )
+    lined = [point for point in comparison.points if point.line is not None]
+    for index, line in enumerate(sorted({point.line for point in lined})):
+        chosen = sorted((p for p in lined if p.line == line), key=lambda p: p.mean("trainable_params"))
         xs = [p.mean("trainable_params") for p in chosen]
         axis.errorbar(
             xs,
@@ -53,7 +51,7 @@ def frontier(comparison: Comparison):
             marker="o",
             capsize=3,
             color=f"C{index}",
-            label=f"LoRA on {targets}",
+            label=line,
         )
         for x, point in zip(xs, chosen, strict=True):
             axis.annotate(
@@ -64,7 +62,7 @@ def frontier(comparison: Comparison):
                 xytext=(4, 4),
             )
     for point in comparison.points:
-        if point.method != "lora":
+        if point.line is None:
             axis.errorbar(
                 [point.mean("trainable_params")],
                 [point.mean(comparison.metric)],
@@ -76,7 +74,7 @@ def frontier(comparison: Comparison):
                 linestyle="none",
                 label=f"{point.label} fine-tuning",
             )
-            if point.method == "full":
+            if point.baseline:
                 axis.axhline(point.mean(comparison.metric), color="black", linestyle=":", linewidth=1)
     axis.set_xscale("log")
     name = METRIC_LABELS.get(comparison.metric, comparison.metric)
@@ -126,8 +124,7 @@ def resources(comparison: Comparison):
     figure, (memory, speed) = plt.subplots(1, 2, figsize=(10, 4.5))
     labels = [point.label for point in comparison.points]
     colors = [
-        "black" if point.method != "lora" else f"C{index % 10}"
-        for index, point in enumerate(comparison.points)
+        "black" if point.line is None else f"C{index % 10}" for index, point in enumerate(comparison.points)
     ]
     for axis, key in ((memory, "peak_memory_mb"), (speed, "train_tokens_per_s")):
         axis.barh(

@@ -23,7 +23,9 @@ from pydantic import (
     model_validator,
 )
 
-TASKS = ("news", "persona", "sonnets", "text", "classification")
+from loraft.methods import METHODS
+from loraft.models import DEFAULT_ARCHITECTURE, FAMILIES
+
 TRACKERS = ("tensorboard", "wandb")
 # Keys that may change when a run is resumed: the step budget (and the switch itself).
 BUDGET_KEYS = ("train.max_steps", "train.epochs", "train.resume")
@@ -49,18 +51,51 @@ class Section(BaseModel):
 
 
 class ScratchConfig(Section):
-    """Shape of a GPT-2 built from scratch (random init) instead of loaded."""
+    """Shape of a model built from scratch (random init) instead of loaded, in neutral terms;
+    a family's own key names (GPT-2's `n_layer`, `n_head`, `n_embd`, `n_positions`) work too."""
 
-    n_layer: int = Field(4, ge=1, description="transformer blocks")
-    n_head: int = Field(4, ge=1, description="attention heads")
-    n_embd: int = Field(256, ge=8, description="hidden width; a multiple of n_head")
-    n_positions: int = Field(256, ge=8, description="context length in tokens")
-    dropout: float = Field(0.1, ge=0, lt=1, description="residual, embedding and attention dropout")
+    architecture: str = Field(DEFAULT_ARCHITECTURE, description="model family: " + ", ".join(FAMILIES))
+    layers: int = Field(4, ge=1, le=1024, description="transformer blocks")
+    heads: int = Field(4, ge=1, le=1024, description="attention heads")
+    kv_heads: int | None = Field(
+        None, ge=1, le=1024, description="key/value heads (grouped-query attention); default: heads"
+    )
+    width: int = Field(256, ge=8, le=65536, description="hidden width; a multiple of heads")
+    mlp_width: int | None = Field(
+        None, ge=1, le=262144, description="MLP width; default: the family's (4 x width; Llama-like 8/3)"
+    )
+    context: int = Field(256, ge=8, le=1048576, description="context length in tokens")
+    dropout: float = Field(
+        0.1, ge=0, lt=1, description="the family's dropout (GPT-2: residual, embedding, attention)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_names(cls, values: Any) -> Any:
+        """`n_layer: 4` means `layers: 4` (the family's own names, e.g. GPT-2's)."""
+        if not isinstance(values, dict):
+            return values
+        family = FAMILIES.get(values.get("architecture", DEFAULT_ARCHITECTURE))
+        renamed = dict(values)
+        for name, key in family.config_keys.items() if family else ():
+            if key and key in renamed and key != name:
+                if name in renamed:
+                    raise ValueError(f"give {name} or {key}, not both (they are the same field)")
+                renamed[name] = renamed.pop(key)
+        return renamed
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> ScratchConfig:
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+    def _a_buildable_shape(self) -> ScratchConfig:
+        family = FAMILIES.get(self.architecture)
+        if family is None:
+            raise ValueError(f"architecture: '{self.architecture}' is not one of {', '.join(FAMILIES)}")
+        if self.width % self.heads:
+            raise ValueError(f"width ({self.width}) must be a multiple of heads ({self.heads})")
+        if self.kv_heads is not None and self.kv_heads != self.heads:
+            if not family.grouped_query:
+                raise ValueError(f"kv_heads: {family.family} has no grouped-query attention; remove it")
+            if self.heads % self.kv_heads:
+                raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
         return self
 
 
@@ -68,7 +103,7 @@ class ModelSection(Section):
     name: str | None = Field(
         "gpt2", description="hub id (gpt2, gpt2-medium, ...) or local path; null with `config`"
     )
-    config: ScratchConfig | None = Field(None, description="train a GPT-2 of this shape from scratch")
+    config: ScratchConfig | None = Field(None, description="build a model of this shape from scratch")
     tokenizer: str | None = Field(
         None, description="tokenizer hub id or path; default: the model's, or trained on the data"
     )
@@ -93,14 +128,19 @@ class LoraSection(Section):
     r: int = Field(8, ge=1, description="rank of the update matrices")
     alpha: float = Field(16, gt=0, description="scaling numerator: the update is scaled by alpha/r")
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["c_attn"], min_length=1, description="GPT-2 modules to adapt"
+    target_modules: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="layers: names (c_attn), paths (mlp.c_proj) or attention, attention_output, mlp, "
+        "all-linear; null: the family's default (PEFT's)",
     )
     bias: Literal["none", "all", "lora_only"] = Field("none", description="which biases train")
 
     @field_validator("target_modules")
     @classmethod
-    def _distinct_names(cls, names: list[str]) -> list[str]:
+    def _distinct_names(cls, names: list[str] | None) -> list[str] | None:
+        if names is None:
+            return names
         if any(not name.strip() for name in names) or len(set(names)) != len(names):
             raise ValueError(f"expected distinct, non-empty module names, got {names}")
         return names
@@ -256,9 +296,9 @@ class Recipe(Section):
 
     name: str = Field("run", description="run name; default: the recipe file's stem")
     description: str = Field("", description="one line for humans")
-    task: Literal[TASKS] = Field(description="what is learnt: " + ", ".join(TASKS))
-    method: Literal["full", "lora", "head"] = Field(
-        "lora", description="full: every weight; lora: adapters; head: the output layer only"
+    task: str = Field(description="what is learnt: a task of loraft.tasks (listed under the table)")
+    method: Literal[tuple(METHODS)] = Field(
+        "lora", description="; ".join(f"{name}: {method.summary}" for name, method in METHODS.items())
     )
     model: ModelSection = Field(default_factory=ModelSection)
     lora: LoraSection = Field(default_factory=LoraSection)
@@ -283,14 +323,30 @@ class Recipe(Section):
             raise ValueError("expected letters, digits, '.', '_' or '-' (it names the run's folder)")
         return name
 
+    @field_validator("task")
+    @classmethod
+    def _a_known_task(cls, task: str) -> str:
+        from loraft.tasks import TASK_CLASSES  # the tasks read recipes: imported when needed
+
+        if task not in TASK_CLASSES:
+            close = difflib.get_close_matches(task, TASK_CLASSES, 1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"'{task}' is not a task: use one of {', '.join(TASK_CLASSES)}{hint}")
+        return task
+
     @model_validator(mode="after")
-    def _head_needs_a_classifier(self) -> Recipe:
-        if self.method == "head" and self.task != "classification":
-            raise ValueError(
-                f"method 'head' trains only a classification head; task '{self.task}' "
-                "generates text (GPT-2 ties its LM head to the embeddings): use lora or full"
-            )
+    def _method_fits_the_task(self) -> Recipe:
+        problem = METHODS[self.method].recipe_problem(self)
+        if problem:
+            raise ValueError(problem)
         return self
+
+    @property
+    def task_kind(self) -> str:
+        """`causal_lm` or `classification`: which head the model has (the task's own word)."""
+        from loraft.tasks import TASK_CLASSES
+
+        return TASK_CLASSES[self.task].kind
 
     @model_validator(mode="after")
     def _decoders_are_generation_settings(self) -> Recipe:
@@ -322,25 +378,28 @@ class Recipe(Section):
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.output_dir).expanduser() if self.output_dir else Path("runs") / self.name
+        from loraft.run_dir import default_run_dir  # the run folder's names live there
+
+        return Path(self.output_dir).expanduser() if self.output_dir else default_run_dir(self.name)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def first_difference(self, other: Recipe, ignore: tuple[str, ...] = ()) -> str | None:
         """The first dotted key whose value differs from `other`'s, as `key: ours vs theirs`."""
-        ours, theirs = _flatten(self.model_dump(mode="json")), _flatten(other.model_dump(mode="json"))
+        ours, theirs = flatten(self.model_dump(mode="json")), flatten(other.model_dump(mode="json"))
         for key in dict.fromkeys([*ours, *theirs]):
             if key not in ignore and ours.get(key) != theirs.get(key):
                 return f"{key}: {ours.get(key)!r} vs {theirs.get(key)!r}"
         return None
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A recipe dump as dotted keys (`train.lr`); columns and decoders stay whole."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict) and value and key not in ("columns", "decoders"):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from loraft.errors import LoraftError
-from loraft.recipe import Recipe
+from loraft.methods import METHODS, method_of
+from loraft.recipe import Recipe, flatten
 from loraft.run_dir import RunDirectory
 
 # What makes two runs comparable: the same task, scored on the same examples.
@@ -37,6 +38,8 @@ class Point:
 
     label: str
     method: str
+    baseline: bool = False  # full fine-tuning: what every other point is measured against
+    line: str | None = None  # the frontier line it lies on (a method's ranks on one set of targets)
     runs: list[dict[str, Any]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)  # the flat recipe, seed keys left out
 
@@ -61,7 +64,7 @@ class Comparison:
     @property
     def full(self) -> Point | None:
         """The full fine-tuning point the others are measured against, if there is one."""
-        return next((point for point in self.points if point.method == "full"), None)
+        return next((point for point in self.points if point.baseline), None)
 
     def ratio(self, point: Point, key: str) -> float | None:
         full = self.full
@@ -100,13 +103,20 @@ def compare_runs(run_dirs: list[str | Path], metric: str | None = None) -> Compa
         if metric not in row:
             left_out.append(f"{run.path}: has no {metric}")
             continue
-        key = _point_key(recipe)
+        key = point_key(recipe)
         if key not in points:
-            points[key] = Point(point_label(recipe), recipe.method, settings=_settings(recipe))
+            method = method_of(recipe)
+            points[key] = Point(
+                method.label(recipe),
+                recipe.method,
+                baseline=method.is_baseline,
+                line=method.frontier_line(recipe),
+                settings=_settings(recipe),
+            )
         points[key].runs.append(row)
     ordered = sorted(
         points.values(),
-        key=lambda p: (p.method == "lora", p.runs[0]["targets"] or "", p.runs[0]["rank"] or 0),
+        key=lambda p: (p.line is not None, p.line or "", p.runs[0]["rank"] or 0),
     )
     _tell_apart(ordered)
     return Comparison(metric, ordered, left_out)
@@ -131,18 +141,12 @@ def run_row(run: RunDirectory, recipe: Recipe, summary: dict) -> dict[str, Any]:
     return {
         "run": str(run.path),
         "seed": recipe.train.seed,
-        "rank": recipe.lora.r if recipe.method == "lora" else None,
-        "targets": "+".join(recipe.lora.target_modules) if recipe.method == "lora" else None,
+        "rank": None,
+        "targets": None,
+        **method_of(recipe).settings(recipe),
         **{key: summary[key] for key in FIGURES},
         **metrics,
     }
-
-
-def point_label(recipe: Recipe) -> str:
-    """`full`, `head`, or `lora r=8 c_attn` (LoRA's rank and targets)."""
-    if recipe.method != "lora":
-        return recipe.method
-    return f"lora r={recipe.lora.r} {'+'.join(recipe.lora.target_modules)}"
 
 
 def _eval_set(recipe: Recipe) -> tuple:
@@ -151,21 +155,21 @@ def _eval_set(recipe: Recipe) -> tuple:
 
 
 def _settings(recipe: Recipe) -> dict[str, Any]:
-    """What a point is: the flat recipe without seed keys (and without lora.* unless LoRA)."""
+    """What a point is: the flat recipe without seed keys, and without the settings sections of
+    other methods (a rank means nothing without adapters)."""
+    own = method_of(recipe).section
+    others = {f"{method.section}." for method in METHODS.values() if method.section and method.section != own}
     flat = _flat(recipe)
-    if recipe.method != "lora":  # a rank means nothing without adapters
-        flat = {k: v for k, v in flat.items() if not k.startswith("lora.")}
-    return {k: v for k, v in flat.items() if k not in SEED_KEYS}
+    return {k: v for k, v in flat.items() if k not in SEED_KEYS and not k.startswith(tuple(others))}
 
 
-def _point_key(recipe: Recipe) -> str:
+def point_key(recipe: Recipe) -> str:
+    """What identifies a point: two recipes with the same key are seeds of one setting."""
     return repr(sorted((k, repr(v)) for k, v in _settings(recipe).items()))
 
 
 def _flat(recipe: Recipe) -> dict[str, Any]:
-    from loraft.recipe import _flatten
-
-    return _flatten(recipe.model_dump(mode="json"))
+    return flatten(recipe.model_dump(mode="json"))
 
 
 def _most_common(keys: list[tuple]) -> tuple:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -28,6 +29,11 @@ GENERATIONS_FILE = "generations.jsonl"
 PREDICTIONS_FILE = "predictions.csv"
 CHECKPOINT_NAMES = ("best", "last")
 LOCK_FILE = ".loraft-lock"
+RUNS_FOLDER = Path("runs")  # where runs go by default, relative to the working folder
+BASE_MODEL = "base_model"
+TRAIN_STATE = "train_state"
+STAGING_PREFIX = ".tmp-"  # a folder being written, renamed into place when complete
+OLD_SUFFIX = ".old"  # the previous copy, kept until the new one is in place
 # Files and folders loraft writes whole at the top of a run directory; --overwrite removes these
 # (the lock file stays: it is how two processes tell each other the folder is in use).
 OWN_ENTRIES = (
@@ -35,7 +41,7 @@ OWN_ENTRIES = (
     "recipe.yaml",
     "metrics.jsonl",
     "summary.json",
-    "base_model",
+    BASE_MODEL,
     GENERATIONS_FILE,
     PREDICTIONS_FILE,
     "eval-best",
@@ -43,9 +49,14 @@ OWN_ENTRIES = (
 )
 # Folders loraft shares with whatever a user may put there: only loraft's entries are removed.
 OWN_INSIDE = {
-    "checkpoints": ("best", "last", "best.old", "last.old", ".tmp-best", ".tmp-last"),
-    "train_state": ("step-*", ".tmp-step-*", "*.old"),
+    "checkpoints": tuple(
+        f"{before}{name}{after}"
+        for name in CHECKPOINT_NAMES
+        for before, after in (("", ""), ("", OLD_SUFFIX), (STAGING_PREFIX, ""))
+    ),
+    TRAIN_STATE: ("step-*", f"{STAGING_PREFIX}step-*", f"*{OLD_SUFFIX}"),
 }
+STATE_NAME = re.compile(r"^step-(\d+)$")  # train_state/step-00000120: the state after step 120
 
 
 class RunDirectory:
@@ -119,7 +130,7 @@ class RunDirectory:
         """Delete what loraft wrote here (marker last); anything else in the folder stays:
         a tracker folder only if the run used that tracker, loraft's own checkpoints only."""
         trackers = self._trackers()
-        own = {*OWN_ENTRIES, *(f".tmp-{name}" for name in OWN_ENTRIES), *trackers}
+        own = {*OWN_ENTRIES, *(f"{STAGING_PREFIX}{name}" for name in OWN_ENTRIES), *trackers}
         for folder, patterns in OWN_INSIDE.items():
             if (self.path / folder).is_dir():
                 for entry in list((self.path / folder).iterdir()):
@@ -185,11 +196,11 @@ class RunDirectory:
 
     @property
     def base_model_path(self) -> Path:
-        return self.path / "base_model"
+        return self.path / BASE_MODEL
 
     @property
     def train_state_path(self) -> Path:
-        return self.path / "train_state"
+        return self.path / TRAIN_STATE
 
     def checkpoint(self, name: str) -> Path:
         return self.path / "checkpoints" / name
@@ -199,7 +210,7 @@ class RunDirectory:
         if name not in CHECKPOINT_NAMES:
             raise LoraftError(f"--checkpoint: expected best or last, got '{name}'")
         directory = self.checkpoint(name)
-        for candidate in (directory, directory.with_name(name + ".old")):
+        for candidate in (directory, old_copy(directory)):
             if candidate.is_dir():
                 return candidate
         raise LoraftError(f"{directory}: no such checkpoint (the run saved none yet)")
@@ -260,7 +271,7 @@ def refuse_special_folder(path: Path) -> None:
         (lambda: resolved == Path(resolved.anchor), "the filesystem root"),
         (lambda: resolved == Path.home().resolve(), "your home folder"),
         (lambda: resolved == cwd or resolved in cwd.parents, "the current folder or one of its parents"),
-        (lambda: resolved == (cwd / "runs").resolve(), "the runs folder"),
+        (lambda: resolved == (cwd / RUNS_FOLDER).resolve(), "the runs folder"),
         (lambda: (resolved / ".git").exists(), "a repository"),
         (lambda: resolved.is_dir() and _holds_runs(resolved), "a folder of runs"),
         (lambda: any((parent / MARKER).is_file() for parent in resolved.parents), "inside another run"),
@@ -281,8 +292,34 @@ def _remove(entry: Path) -> None:
         entry.unlink()
 
 
+def staging_copy(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place."""
+    return path.with_name(f"{STAGING_PREFIX}{path.name}")
+
+
+def old_copy(path: Path) -> Path:
+    """Where the previous `path` waits while its replacement is renamed in."""
+    return path.with_name(path.name + OLD_SUFFIX)
+
+
+def state_folder(train_state: Path, step: int) -> Path:
+    """The training state after optimizer step `step`."""
+    return train_state / f"step-{step:08d}"
+
+
+def state_step(folder: Path) -> int | None:
+    """The step of a training state folder; None for anything else."""
+    match = STATE_NAME.match(folder.name)
+    return int(match.group(1)) if match else None
+
+
+def default_run_dir(name: str) -> Path:
+    """`runs/<name>`: where a recipe without `output_dir` writes its run."""
+    return RUNS_FOLDER / name
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Write a small file beside its destination, then rename it over: never half-written."""
-    staging = path.with_name(f".tmp-{path.name}")
+    staging = staging_copy(path)
     staging.write_text(text, encoding="utf-8")
     os.replace(staging, path)

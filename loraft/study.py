@@ -34,7 +34,7 @@ def run_study(recipe: Recipe, data_root: str | Path | None = None, overwrite: bo
     from loraft.tasks import build_task
     from loraft.tasks.causal_lm import score_generations
 
-    if recipe.task == "classification":
+    if recipe.task_kind == "classification":
         raise LoraftError(f"task: '{recipe.task}' does not generate text; a study needs a causal-LM task")
     roots = data_roots(data_root)
     check_recipe(recipe, roots)

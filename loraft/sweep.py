@@ -50,20 +50,21 @@ def sweep_points(
     recipe_path: Path, overrides: list[str], grid: list[tuple[str, list[str]]], seeds: int
 ) -> tuple[list[SweepPoint], list[str]]:
     """Every distinct run of the grid (validated now), and notes on what was merged."""
-    from loraft.report import _point_key
+    from loraft.methods import METHODS, method_of
+    from loraft.report import point_key
 
     points, seen, notes = [], {}, []
     for values in itertools.product(*(choices for _, choices in grid)):
         given = [f"{key}={value}" for (key, _), value in zip(grid, values, strict=True)]
         recipe = _load(recipe_path, [*overrides, *given], given)
-        combination = given
-        if recipe.method != "lora":  # adapter settings mean nothing here: drop them
-            combination = [c for c in given if not c.startswith("lora.")]
-        key = _point_key(recipe)
+        own = method_of(recipe).section
+        others = tuple(f"{m.section}." for m in METHODS.values() if m.section and m.section != own)
+        combination = [c for c in given if not c.startswith(others)]  # settings of other methods
+        key = point_key(recipe)
         if key in seen:
             notes.append(
-                f"{' '.join(given)} is the same run as {seen[key]} (lora.* means nothing "
-                f"for method {recipe.method}): run once"
+                f"{' '.join(given)} is the same run as {seen[key]} ({', '.join(o + '*' for o in others)} "
+                f"means nothing for method {recipe.method}): run once"
             )
             continue
         seen[key] = " ".join(given)

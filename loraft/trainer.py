@@ -37,6 +37,7 @@ from transformers import PreTrainedTokenizerBase
 from loraft.batches import DataOrder, MicroBatch
 from loraft.checkpoint import save_checkpoint
 from loraft.errors import LoraftError
+from loraft.methods import method_of
 from loraft.recipe import Recipe
 from loraft.run_dir import RunDirectory
 from loraft.system import peak_memory_mb
@@ -289,7 +290,7 @@ class Trainer:
         counters["num_processes"] = self.accelerator.num_processes
         save_training_state(
             self.accelerator,
-            self.recipe.run_dir / "train_state",
+            RunDirectory(self.recipe.run_dir).train_state_path,
             self.progress.step,
             counters,
             self.recipe.train.keep_last,
@@ -304,13 +305,13 @@ class Trainer:
             info = {"step": self.progress.step, "eval": self.progress.last_eval}
             unwrapped = self.accelerator.unwrap_model(self.model)
             save_checkpoint(
-                self.run.checkpoint(name), unwrapped, state_dict, self.tokenizer, self.recipe.method, info
+                self.run.checkpoint(name), unwrapped, state_dict, self.tokenizer, method_of(self.recipe), info
             )
         self.accelerator.wait_for_everyone()
 
     def interrupt(self) -> None:
         """Save what the run has (unless the newest state is current) and stop with directions."""
-        recipe_file = self.recipe.run_dir / "recipe.yaml"
+        recipe_file = RunDirectory(self.recipe.run_dir).recipe_path
         if self.progress.step == 0:
             raise RunInterrupted(
                 f"interrupted before the first step: nothing to resume; start again with: "
@@ -318,16 +319,17 @@ class Trainer:
             )
         if self.progress.saved_step != self.progress.step:
             self.save_progress()
+        saved = RunDirectory(self.recipe.run_dir).train_state_path
         raise RunInterrupted(
             f"interrupted after step {self.progress.step} of {self.total_steps}; saved "
-            f"{self.recipe.run_dir / 'train_state'}; resume with: loraft train {recipe_file} --resume"
+            f"{saved}; resume with: loraft train {recipe_file} --resume"
         )
 
     def finishing_message(self) -> str:
         """What a stop during the final evaluation says: the last step's state is saved."""
         return (
             f"interrupted after the last step ({self.progress.step}), before the final evaluation "
-            f"finished; finish it with: loraft train {self.recipe.run_dir / 'recipe.yaml'} --resume"
+            f"finished; finish it with: loraft train {RunDirectory(self.recipe.run_dir).recipe_path} --resume"
         )
 
     def stop_if_not_finite(self, step: int, loss: float, grad_norm: torch.Tensor | None) -> None:

@@ -25,18 +25,17 @@ from loraft.checkpoint import load_trained_model, save_base_model
 from loraft.checks import check_context, check_recipe, context_of
 from loraft.data import data_roots
 from loraft.errors import LoraftError
-from loraft.model import (
-    apply_method,
+from loraft.methods import apply_method, method_of
+from loraft.models.loading import (
     build_base_model,
     build_tokenizer,
-    check_method,
     count_parameters,
     describe_parameters,
     frozen_weights_in,
     load_base_model,
 )
 from loraft.recipe import BUDGET_KEYS, Recipe
-from loraft.run_dir import RunDirectory
+from loraft.run_dir import RunDirectory, state_step
 from loraft.system import cpu_has_native_bf16, environment_facts, keep_freed_memory, resolve_precision
 from loraft.tasks import build_task
 from loraft.tasks.base import Task
@@ -63,13 +62,15 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
     check_recipe(recipe, roots)
     require_trackers(recipe.train.trackers)
     precision = resolve_precision(recipe.train.precision)
-    accelerator = make_accelerator(recipe, precision)
+    accelerator = make_accelerator(precision, recipe.train.compile)
     state, overwrite = resume_point(recipe, overwrite)
     set_seed(recipe.train.seed)
     task = build_task(recipe, roots)
     if accelerator.device.type == "cpu" and task.kind == "causal_lm":
         keep_freed_memory()  # see there: length-grouped classification batches would fragment it
     run, tokenizer, base, train_set, eval_set = prepare_run(recipe, task, state, overwrite, accelerator)
+    for line in [*method_of(recipe).describe(base, recipe), *task.fit_to_model(base)]:
+        accelerator.print(line)
     model = apply_method(base, recipe, task.kind)
     trainable, total = count_parameters(model)
     accelerator.print(describe_parameters(trainable, total))
@@ -98,7 +99,7 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
             raise
         trainer.update_clock()
         summary = {
-            **describe_run(recipe, trainable, total, len(train_set), len(eval_set)),
+            **describe_run(recipe, base.config.model_type, trainable, total, len(train_set), len(eval_set)),
             **describe_progress(progress, trainer.order.steps_per_epoch),
             "final_eval": final_eval,
             "best_metric": trainer.metric,
@@ -118,7 +119,8 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
 # --- set-up -----------------------------------------------------------------------------
 
 
-def make_accelerator(recipe: Recipe, precision: str) -> Accelerator:
+def make_accelerator(precision: str, compile: bool = False) -> Accelerator:
+    """The run's accelerator (training and `loraft eval`): devices, processes, mixed precision."""
     from accelerate.state import AcceleratorState
 
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
@@ -129,7 +131,7 @@ def make_accelerator(recipe: Recipe, precision: str) -> Accelerator:
     # dynamic: batch lengths vary from step to step; one graph for all of them instead of a
     # recompilation for each new length. (Regional compilation would wrap the tied embedding
     # and LM head apart, which save_pretrained then refuses.)
-    if recipe.train.compile:
+    if compile:
         dynamo = {"dynamo_plugin": TorchDynamoPlugin(backend="inductor", dynamic=True)}
     else:
         dynamo = {"dynamo_backend": "no"}
@@ -194,7 +196,7 @@ def prepare_run(recipe: Recipe, task: Task, state: Path | None, overwrite: bool,
         tokenizer = build_tokenizer(recipe, task.texts_for_tokenizer(train_rows))
         base = build_base_model(recipe, kind, tokenizer, labels)
         check_context(recipe, context_of(base.config))
-        check_method(base, recipe, kind)
+        method_of(recipe).check(base, recipe, kind)
         train_set, eval_set = tokenized_sets(task, tokenizer, train_rows, eval_rows)
     if accelerator.is_main_process:
         run = (
@@ -205,14 +207,15 @@ def prepare_run(recipe: Recipe, task: Task, state: Path | None, overwrite: bool,
         run.lock()  # until train_recipe ends (create took it already: a no-op then)
         run.write_recipe(recipe)
         if state is not None:
-            run.truncate_metrics(int(state.name.split("-")[1]))
+            run.truncate_metrics(state_step(state))
             run.summary_path.unlink(missing_ok=True)  # written again when the run ends
         elif recipe.model.config is not None:
             save_base_model(run, base, tokenizer)
     accelerator.wait_for_everyone()
     if not ready:
-        tokenizer = load_tokenizer(str(recipe.run_dir / "base_model"))
-        base = load_base_model(recipe, kind, tokenizer, recipe.run_dir / "base_model", labels)
+        scratch_base = RunDirectory(recipe.run_dir).base_model_path
+        tokenizer = load_tokenizer(str(scratch_base))
+        base = load_base_model(recipe, kind, tokenizer, scratch_base, labels)
         train_set, eval_set = tokenized_sets(task, tokenizer, train_rows, eval_rows)
     return run, tokenizer, base, train_set, eval_set
 
@@ -362,7 +365,9 @@ def final_metrics(
     return final, best
 
 
-def describe_run(recipe: Recipe, trainable: int, total: int, train_examples: int, eval_examples: int) -> dict:
+def describe_run(
+    recipe: Recipe, architecture: str, trainable: int, total: int, train_examples: int, eval_examples: int
+) -> dict:
     """The summary's identity and parameter accounting."""
     return {
         "name": recipe.name,
@@ -370,6 +375,7 @@ def describe_run(recipe: Recipe, trainable: int, total: int, train_examples: int
         "task": recipe.task,
         "method": recipe.method,
         "model": recipe.model.name or "scratch",
+        "architecture": architecture,
         **parameter_counts(trainable, total),
         "train_examples": train_examples,
         "eval_examples": eval_examples,

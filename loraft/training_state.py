@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,10 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from loraft.errors import LoraftError
+from loraft.run_dir import staging_copy, state_folder, state_step
 
 TRAINER_STATE = "trainer_state.json"
 TRAINABLE_FILE = "trainable.safetensors"
-STATE_NAME = re.compile(r"^step-(\d+)$")
 
 
 def keep_only_trainable_weights(accelerator: Accelerator, model: torch.nn.Module) -> None:
@@ -49,7 +48,8 @@ def save_training_state(
 ) -> None:
     """Write the state after optimizer step `step` (every process takes part; the main one
     renames it into place), then keep the newest `keep_last` states in `folder`."""
-    staging, final = folder / f".tmp-step-{step:08d}", folder / f"step-{step:08d}"
+    final = state_folder(folder, step)
+    staging = staging_copy(final)
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)  # before any process writes into it
@@ -70,8 +70,8 @@ def saved_states(folder: Path) -> list[Path]:
     """Complete training states, oldest first."""
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if STATE_NAME.match(p.name) and (p / TRAINER_STATE).is_file()]
-    return sorted(found, key=lambda p: int(STATE_NAME.match(p.name).group(1)))
+    found = [p for p in folder.iterdir() if state_step(p) is not None and (p / TRAINER_STATE).is_file()]
+    return sorted(found, key=state_step)
 
 
 def load_training_state(accelerator: Accelerator, folder: Path) -> dict[str, Any]:

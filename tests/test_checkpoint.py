@@ -11,6 +11,7 @@ import torch
 
 import loraft.checkpoint as checkpoint
 from loraft.checkpoint import load_trained_model, save_checkpoint
+from loraft.methods import METHODS
 from loraft.run_dir import RunDirectory
 
 
@@ -61,14 +62,19 @@ def test_a_crash_anywhere_in_a_save_leaves_a_loadable_checkpoint(
         fail_at(monkeypatch, operation)
     with pytest.raises(Crash):
         save_checkpoint(
-            run.checkpoint("last"), new_model, new_model.state_dict(), tokenizer, method, {"step": 99}
+            run.checkpoint("last"),
+            new_model,
+            new_model.state_dict(),
+            tokenizer,
+            METHODS[method],
+            {"step": 99},
         )
     monkeypatch.undo()
     reloaded = logits(load_trained_model(run, "last")[0])
     assert torch.equal(reloaded, old) or torch.equal(reloaded, new)
     # The next save cleans up whatever the crash left and puts the new weights in place.
     save_checkpoint(
-        run.checkpoint("last"), new_model, new_model.state_dict(), tokenizer, method, {"step": 99}
+        run.checkpoint("last"), new_model, new_model.state_dict(), tokenizer, METHODS[method], {"step": 99}
     )
     assert torch.equal(logits(load_trained_model(run, "last")[0]), new)
     assert sorted(p.name for p in run.checkpoint("last").parent.iterdir()) == ["best", "last"]

@@ -22,10 +22,12 @@ import torch
 from conftest import REPO, SHARED_DATA, shared_file
 from safetensors import safe_open
 
-from loraft.checkpoint import HEAD_FILE, load_trained_model, save_checkpoint
+from loraft.checkpoint import load_trained_model, save_checkpoint
 from loraft.data import Table, read_table
 from loraft.errors import LoraftError
-from loraft.model import apply_method, build_base_model, count_parameters
+from loraft.methods import METHODS, apply_method
+from loraft.methods.head import HEAD_FILE
+from loraft.models.loading import build_base_model, count_parameters
 from loraft.recipe_files import load_recipe
 from loraft.run_dir import RunDirectory
 from loraft.tasks.classification import ClassificationTask, logits_of, truncate_pair
@@ -272,7 +274,9 @@ def test_head_method_trains_only_the_score_layer_and_reloads(tmp_path: Path, tin
         model.score.weight.normal_(0, 1)
     run = RunDirectory.create(tmp_path / "run")
     run.write_recipe(task.recipe)
-    save_checkpoint(run.checkpoint("best"), model, model.state_dict(), tokenizer, "head", {"step": 1})
+    save_checkpoint(
+        run.checkpoint("best"), model, model.state_dict(), tokenizer, METHODS["head"], {"step": 1}
+    )
     with safe_open(run.checkpoint("best") / HEAD_FILE, "pt") as weights:
         assert list(weights.keys()) == ["score.weight"]  # the head alone is saved
     reloaded, _ = load_trained_model(run, "best")

@@ -10,7 +10,8 @@ from conftest import joker_recipe
 from torch import nn
 
 from loraft.dropout import CheapMaskDropout, use_cheap_dropout
-from loraft.model import apply_method, build_base_model
+from loraft.methods import apply_method
+from loraft.models.loading import build_base_model
 from loraft.tokenizer import load_tokenizer
 
 

@@ -9,9 +9,9 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from loraft.checks import beam_with_window
 from loraft.errors import LoraftError
 from loraft.generation import (
-    BEAM_WITH_WINDOW,
     encode_prompts,
     generate,
     generate_token_ids,
@@ -112,7 +112,7 @@ def test_the_seed_changes_random_modes(model, tokenizer, mode: str) -> None:
 def test_beam_search_with_a_window_is_refused(model, tokenizer) -> None:
     with pytest.raises(LoraftError) as error:
         generate(model, tokenizer, PROMPTS, settings(strategy="beam", context_window=5))
-    assert str(error.value) == BEAM_WITH_WINDOW
+    assert str(error.value) == beam_with_window()
 
 
 # --- the shortened context against references ----------------------------------------------

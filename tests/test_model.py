@@ -13,7 +13,8 @@ from transformers.activations import GELUTanh, NewGELUActivation
 
 from loraft.checkpoint import load_trained_model
 from loraft.errors import LoraftError
-from loraft.model import apply_method, build_base_model, count_parameters, with_fast_kernels
+from loraft.methods import apply_method
+from loraft.models.loading import build_base_model, count_parameters, with_fast_kernels
 from loraft.packing import PACKED_ATTENTION
 from loraft.plan import plan_recipe
 from loraft.recipe_files import load_recipe

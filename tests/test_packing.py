@@ -12,7 +12,7 @@ from transformers import GPT2LMHeadModel
 
 from loraft.data import data_roots
 from loraft.errors import LoraftError
-from loraft.model import with_fast_kernels
+from loraft.models.loading import with_fast_kernels
 from loraft.packing import pack_examples
 from loraft.tasks import build_task
 from loraft.tasks.causal_lm import model_inputs, pad_right, per_example_token_loss, token_loss_sum

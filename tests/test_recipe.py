@@ -59,7 +59,7 @@ def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
         ("task: news\nmethd: lora\n", [], "did you mean 'method'?"),
         ("task: news\n", ["train.batch_size=abc"], "train.batch_size"),
         ("task: news\n", ["method=qlora"], "method: Input should be 'full', 'lora' or 'head'"),
-        ("task: poetry\n", [], "task: Input should be"),
+        ("task: poetry\n", [], "task: 'poetry' is not a task: use one of classification, news"),
         ("method: lora\n", [], "missing required key 'task'"),
         ("task: news\nmethod: head\n", [], "method 'head' trains only a classification head"),
         ("task: news\n", ["train.lr"], "expected key.sub=value"),
@@ -122,7 +122,7 @@ def test_scratch_model_excludes_a_checkpoint_name(tmp_path: Path) -> None:
     with pytest.raises(LoraftError, match="either model.name"):
         load_recipe(path)
     scratch = load_recipe(write(tmp_path, "task: text\nmodel: {config: {n_layer: 2}}\n"))
-    assert scratch.model.name is None and scratch.model.config.n_layer == 2
+    assert scratch.model.name is None and scratch.model.config.layers == 2
 
 
 def test_readme_recipe_reference_matches_the_schema() -> None:

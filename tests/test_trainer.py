@@ -17,7 +17,7 @@ from transformers import GPT2LMHeadModel, get_linear_schedule_with_warmup
 
 from loraft.data import data_roots
 from loraft.errors import LoraftError
-from loraft.model import with_fast_kernels
+from loraft.models.loading import with_fast_kernels
 from loraft.tasks import build_task
 from loraft.tasks.causal_lm import pad_right
 from loraft.tokenizer import load_tokenizer

@@ -132,6 +132,10 @@ class Task(ABC):
     def tokenize(self, rows, tokenizer: PreTrainedTokenizerBase):
         """Turn rows into model features (input ids and targets)."""
 
+    def fit_to_model(self, model: torch.nn.Module) -> list[str]:
+        """Adapt to what the loaded model can do; lines saying what changed (none by default)."""
+        return []
+
     def with_targets(self, features, split: str):
         """Features that carry at least one target (others would add nothing, or a NaN)."""
         return features
@@ -194,6 +198,18 @@ class Task(ABC):
     def column_names(self) -> list[str] | None:
         """Names for the columns of header-less files; None when files have a header."""
         return None
+
+
+def pad_inputs(features: list[dict[str, Any]], pad_id: int) -> Batch:
+    """`input_ids` right-padded with `pad_id` and the `attention_mask` of the real tokens.
+    Right, not left: positions then count from each row's first token, as at batch size 1."""
+    import torch
+
+    rows = [list(feature["input_ids"]) for feature in features]
+    longest = max(len(row) for row in rows)
+    ids = [row + [pad_id] * (longest - len(row)) for row in rows]
+    mask = [[1] * len(row) + [0] * (longest - len(row)) for row in rows]
+    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
 
 
 def sample_rows(rows, size: int | None, seed: int):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from loraft.data import datasets_library
 from loraft.errors import LoraftError
 from loraft.run_dir import GENERATIONS_FILE
-from loraft.tasks.base import IGNORE_INDEX, Batch, Task
+from loraft.tasks.base import IGNORE_INDEX, Batch, Task, pad_inputs
 
 if TYPE_CHECKING:
     import torch
@@ -78,16 +78,31 @@ class CausalLMTask(Task):
                 stream.write(json.dumps(record) + "\n")
         return score_generations(hypotheses, references, self.recipe.eval.metrics)
 
+    def __init__(self, recipe, roots) -> None:
+        super().__init__(recipe, roots)
+        self.packing = recipe.data.packing  # turned off for a model that cannot pack
+
+    def fit_to_model(self, model: torch.nn.Module) -> list[str]:
+        """Padded rows instead of packed ones for a model loraft cannot pack, said in one line."""
+        from loraft.packing import packing_problem
+
+        problem = packing_problem(model, self.recipe.data.max_length) if self.packing else None
+        if problem is None:
+            return []
+        self.packing = False
+        return [f"data.packing: {problem}; training on padded rows instead (data.packing=false)"]
+
     def tokenize(self, rows, tokenizer: PreTrainedTokenizerBase):
+        """`loraft.tokenizer.encode_example` on each row, cut at `data.max_length`; only the
+        target tokens (EOS included) carry labels."""
+        from loraft.tokenizer import encode_example
+
         max_length = self.recipe.data.max_length
 
         def encode(row: dict[str, Any]) -> dict[str, list[int]]:
-            prompt, target = self.prompt_and_target(row)
-            prompt_ids = tokenizer(prompt)["input_ids"] if prompt else []
-            target_ids = tokenizer(target)["input_ids"] + [tokenizer.eos_token_id]
-            input_ids = (prompt_ids + target_ids)[:max_length]
-            labels = ([IGNORE_INDEX] * len(prompt_ids) + target_ids)[:max_length]
-            return {"input_ids": input_ids, "labels": labels}
+            ids, trained = encode_example(tokenizer, *self.prompt_and_target(row))
+            labels = [token if keep else IGNORE_INDEX for token, keep in zip(ids, trained, strict=True)]
+            return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
 
         return rows.map(encode, remove_columns=rows.column_names, keep_in_memory=True)
 
@@ -110,7 +125,7 @@ class CausalLMTask(Task):
         """One padding-free packed row (`data.packing`), or one padded row per example."""
         from loraft.packing import pack_examples
 
-        if self.recipe.data.packing:
+        if self.packing:
             return pack_examples(features)
         return pad_right(features, tokenizer.pad_token_id)
 
@@ -275,18 +290,8 @@ def model_inputs(model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor
 
 
 def pad_right(features: list[dict[str, Any]], pad_token_id: int) -> Batch:
-    """Right-pad input ids (pad id) and labels (ignored), with the attention mask."""
-    import torch
-
-    longest = max(len(feature["input_ids"]) for feature in features)
-    input_ids, labels, mask = [], [], []
-    for feature in features:
-        padding = longest - len(feature["input_ids"])
-        input_ids.append(feature["input_ids"] + [pad_token_id] * padding)
-        labels.append(feature.get("labels", feature["input_ids"]) + [IGNORE_INDEX] * padding)
-        mask.append([1] * len(feature["input_ids"]) + [0] * padding)
-    return {
-        "input_ids": torch.tensor(input_ids),
-        "attention_mask": torch.tensor(mask),
-        "labels": torch.tensor(labels),
-    }
+    """One row per example: input ids right-padded (pad id), labels too (ignored), the mask."""
+    batch = pad_inputs(features, pad_token_id)
+    labels = [{"input_ids": feature.get("labels", feature["input_ids"])} for feature in features]
+    batch["labels"] = pad_inputs(labels, IGNORE_INDEX)["input_ids"]
+    return batch

@@ -1,12 +1,13 @@
 """Text classification: one text (SST-5, CFIMDB) or a text pair (Quora, MRPC) -> one label.
 
-The model is GPT2ForSequenceClassification: a linear `score` head on the hidden state of the
-last token that is not the pad id. Batches are right-padded, because GPT-2 numbers positions
-0..n-1 whatever the attention mask says: left padding would shift every position, right
-padding leaves the real tokens (and the pooled one) exactly as at batch size 1. The pad id is
-the end-of-text id, so inputs never contain it (no end-of-text is appended, the pair separator
-is a newline, and a literal "<|endoftext|>" in the data is encoded as plain text): the "last
-non-pad token" is then always the last attended token.
+The model is the family's `...ForSequenceClassification` (GPT-2's on GPT-2): a linear `score`
+head on the hidden state of the last token that is not the pad id. Batches are right-padded,
+because GPT-2 numbers positions 0..n-1 whatever the attention mask says: left padding would
+shift every position, right padding leaves the real tokens (and the pooled one) exactly as at
+batch size 1. The pad id is the end-of-text id where the tokenizer has no pad token, so inputs
+never contain it (no end-of-text is appended, the pair separator is a newline, and a literal
+"<|endoftext|>" in the data is encoded as plain text): the "last non-pad token" is then always
+the last attended token. A tokenizer that starts texts with BOS (Llama) gets it once, first.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from loraft.data import (
 from loraft.errors import LoraftError
 from loraft.recipe import Recipe
 from loraft.run_dir import PREDICTIONS_FILE
-from loraft.tasks.base import IGNORE_INDEX, PREVIEW_ROWS, Batch, Task
+from loraft.tasks.base import IGNORE_INDEX, PREVIEW_ROWS, Batch, Task, pad_inputs
 
 if TYPE_CHECKING:
     import torch
@@ -174,17 +175,20 @@ class ClassificationTask(Task):
 
     def tokenize(self, rows, tokenizer: PreTrainedTokenizerBase):
         """Input ids (text, or text + newline + text_pair) truncated to data.max_length."""
-        max_length = self.recipe.data.max_length
-        separator = tokenizer(PAIR_SEPARATOR)["input_ids"]
+        from loraft.tokenizer import encode_text, special_tokens_around
+
+        leading, _ = special_tokens_around(tokenizer)  # BOS where the tokenizer adds one
+        budget = self.recipe.data.max_length - len(leading)
+        separator = encode_text(tokenizer, PAIR_SEPARATOR)
 
         def encode(row: dict[str, Any]) -> dict[str, Any]:
-            ids = _encode(tokenizer, row["text"])
+            ids = encode_text(tokenizer, row["text"])
             if "text_pair" in row:
                 first, second = truncate_pair(
-                    ids, _encode(tokenizer, row["text_pair"]), max_length - len(separator)
+                    ids, encode_text(tokenizer, row["text_pair"]), budget - len(separator)
                 )
                 ids = first + separator + second
-            feature: dict[str, Any] = {"input_ids": ids[:max_length]}
+            feature: dict[str, Any] = {"input_ids": leading + ids[:budget]}
             if "label" in row:
                 feature["labels"] = row["label"]
             return feature
@@ -195,13 +199,7 @@ class ClassificationTask(Task):
         """Right padding with the pad id (see the module docstring for why right)."""
         import torch
 
-        longest = max(len(feature["input_ids"]) for feature in features)
-        input_ids, mask = [], []
-        for feature in features:
-            padding = longest - len(feature["input_ids"])
-            input_ids.append(feature["input_ids"] + [tokenizer.pad_token_id] * padding)
-            mask.append([1] * len(feature["input_ids"]) + [0] * padding)
-        batch = {"input_ids": torch.tensor(input_ids), "attention_mask": torch.tensor(mask)}
+        batch = pad_inputs(features, tokenizer.pad_token_id)
         if "labels" in features[0]:
             batch["labels"] = torch.tensor([feature["labels"] for feature in features])
         return batch
@@ -313,11 +311,6 @@ def write_predictions(path: Path, ids: list[str], labels: list[str]) -> None:
         writer = csv.writer(stream)
         writer.writerow(["id", "label"])
         writer.writerows(zip(ids, labels, strict=True))
-
-
-def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    # split_special_tokens: a literal "<|endoftext|>" in the data must not become the pad id
-    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
 def _text(value: Any, where: str, column: str) -> str:

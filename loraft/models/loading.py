@@ -1,40 +1,46 @@
-"""Models: load or build GPT-2, apply the method (full | lora | head), count parameters."""
+"""Models: load a checkpoint or build one from scratch, with loraft's kernels; count parameters.
+
+The family's `Architecture` (see `loraft.models`) says how a scratch config is built and which
+kernels are swapped in; everything here works the same for every family.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import PeftModel
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
-    GPT2Config,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-from transformers.activations import GELUTanh, NewGELUActivation
-from transformers.pytorch_utils import Conv1D
 
-from loraft.dropout import use_cheap_dropout
 from loraft.errors import LoraftError
 from loraft.hub import go_offline_unless_reachable, is_local, offline_hint
+from loraft.models import Architecture, architecture_for, scratch_fields
+from loraft.models.targets import linear_types
 from loraft.packing import use_packed_attention
-from loraft.recipe import Recipe, ScratchConfig
 from loraft.tokenizer import load_tokenizer, train_byte_level_bpe
 
-HEAD_MODULE = "score"  # GPT2ForSequenceClassification's output layer: what `method: head` trains
-
-
-def task_kind(recipe: Recipe) -> str:
-    """`classification` or `causal_lm`: which head the model has."""
-    return "classification" if recipe.task == "classification" else "causal_lm"
+if TYPE_CHECKING:
+    from loraft.recipe import Recipe, ScratchConfig
 
 
 def auto_class(kind: str) -> type:
+    """The transformers auto class of a task kind (`causal_lm` or `classification`)."""
     return AutoModelForSequenceClassification if kind == "classification" else AutoModelForCausalLM
+
+
+def architecture_of(model: torch.nn.Module) -> Architecture | None:
+    """The family of a (possibly PEFT-wrapped) model; None for a family loraft has not tested."""
+    return architecture_for(getattr(getattr(model, "config", None), "model_type", None))
 
 
 def build_tokenizer(recipe: Recipe, texts: Iterable[str]) -> PreTrainedTokenizerBase:
@@ -90,58 +96,36 @@ def load_base_model(
 
 
 def with_fast_kernels(model: PreTrainedModel) -> PreTrainedModel:
-    """The model with loraft's kernels, the same functions computed faster:
-
-    - GPT-2's `gelu_new`, written as seven elementwise operations, replaced in place by the same
-      tanh-approximated GELU as one PyTorch kernel: 3x faster forward and backward, equal to fp32
-      rounding (2.4e-7). The config still says gelu_new, so checkpoints load anywhere as before.
-    - SDPA attention that also runs padding-free packed rows (see `loraft.packing`); the
-      implementation is not saved with the config.
-    """
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if type(child) is NewGELUActivation:
-                setattr(module, name, GELUTanh())
+    """The model with loraft's kernels, the same functions computed faster: the family's own
+    (GPT-2's one-kernel GELU) and SDPA attention that also runs padding-free packed rows (see
+    `loraft.packing`; the implementation is not saved with the config)."""
+    architecture = architecture_of(model)
+    if architecture is not None and architecture.fast_kernels is not None:
+        architecture.fast_kernels(model)
     use_packed_attention(model)
     return model
 
 
-def scratch_config(shape: ScratchConfig, tokenizer: PreTrainedTokenizerBase) -> GPT2Config:
-    """A GPT-2 config of the recipe's shape, sized to the tokenizer's vocabulary."""
-    return GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=shape.n_positions,
-        n_embd=shape.n_embd,
-        n_layer=shape.n_layer,
-        n_head=shape.n_head,
-        resid_pdrop=shape.dropout,
-        embd_pdrop=shape.dropout,
-        attn_pdrop=shape.dropout,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+def scratch_config(shape: ScratchConfig, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
+    """A config of the recipe's family and shape, sized to the tokenizer's vocabulary."""
+    return config_from_fields(
+        scratch_fields(shape, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
     )
 
 
-def apply_method(model: PreTrainedModel, recipe: Recipe, kind: str) -> torch.nn.Module:
-    """full: train everything; lora: peft adapters (plus the classifier); head: output layer only.
-    Its dropout layers, LoRA's too, draw cheaper masks (`loraft.dropout`)."""
-    if recipe.method == "full":
-        model.requires_grad_(True)
-    elif recipe.method == "head":
-        model.requires_grad_(False)
-        getattr(model, HEAD_MODULE).requires_grad_(True)
-    else:
-        model = get_peft_model(model, lora_config(model, recipe, kind))
-    return use_cheap_dropout(model)
+def config_from_fields(fields: dict) -> PretrainedConfig:
+    """A transformers config from `config.json` fields (`model_type` among them)."""
+    values = dict(fields)
+    return AutoConfig.for_model(values.pop("model_type"), **values)
 
 
 @contextlib.contextmanager
 def frozen_weights_in(model: torch.nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
-    """Within: the frozen weights of the matrix products (Conv1D and Linear layers, not the
-    embeddings or an output layer tied to them) held in `dtype`, autocast's; their fp32 values
-    are put back on the way out. Autocast casts these weights anew in every forward pass (it
-    caches the casts of trained weights only); held cast, they are cast once, to the same values,
-    so the numbers do not change: 7% more tokens/s for LoRA in bf16 on GPT-2 small (CPU)."""
+    """Within: the frozen weights of the matrix products (linear layers, not the embeddings or
+    an output layer tied to them) held in `dtype`, autocast's; their fp32 values are put back on
+    the way out. Autocast casts these weights anew in every forward pass (it caches the casts of
+    trained weights only); held cast, they are cast once, to the same values, so the numbers do
+    not change: 7% more tokens/s for LoRA in bf16 on GPT-2 small (CPU)."""
     if dtype is None:
         yield
         return
@@ -149,7 +133,7 @@ def frozen_weights_in(model: torch.nn.Module, dtype: torch.dtype | None) -> Iter
     frozen = [
         module.weight
         for module in model.modules()
-        if isinstance(module, Conv1D | torch.nn.Linear)
+        if isinstance(module, linear_types())
         and module is not output
         and not module.weight.requires_grad
         and module.weight.dtype == torch.float32
@@ -162,34 +146,6 @@ def frozen_weights_in(model: torch.nn.Module, dtype: torch.dtype | None) -> Iter
     finally:
         for weight, value in zip(frozen, kept, strict=True):
             weight.data = value
-
-
-def check_method(model: PreTrainedModel, recipe: Recipe, kind: str) -> None:
-    """Raise now what `apply_method` would: LoRA targets that match no module of `model`."""
-    if recipe.method == "lora":
-        lora_config(model, recipe, kind)
-
-
-def lora_config(model: PreTrainedModel, recipe: Recipe, kind: str) -> LoraConfig:
-    """PEFT's LoRA config; GPT-2's Conv1D layers store weights transposed (fan_in_fan_out)."""
-    targets = recipe.lora.target_modules
-    matched = [m for name, m in model.named_modules() if name.split(".")[-1] in targets]
-    known = sorted({name.split(".")[-1] for name, _ in model.named_modules() if name})
-    if not matched:
-        raise LoraftError(
-            f"lora.target_modules: {targets} match no module of the model; "
-            f"module names include {', '.join(n for n in known if not n.isdigit())}"
-        )
-    task_type = TaskType.SEQ_CLS if kind == "classification" else TaskType.CAUSAL_LM
-    return LoraConfig(
-        task_type=task_type,
-        r=recipe.lora.r,
-        lora_alpha=recipe.lora.alpha,
-        lora_dropout=recipe.lora.dropout,
-        target_modules=targets,
-        bias=recipe.lora.bias,
-        fan_in_fan_out=all(isinstance(module, Conv1D) for module in matched),
-    )
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -1,0 +1,71 @@
+"""What every fine-tuning method provides (see `loraft.methods`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+
+    from loraft.recipe import Recipe
+
+
+class Method:
+    """A fine-tuning method. The defaults are full fine-tuning's: every weight trains, a
+    checkpoint is a whole model, nothing is merged."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]  # one line for `loraft fields`
+    section: ClassVar[str | None] = None  # the recipe section of its own settings (`lora`)
+    is_baseline: ClassVar[bool] = False  # what `compare` measures every other method against
+    needs_base: ClassVar[bool] = True  # its checkpoints are applied on top of the base weights
+    trains_layers_below_head: ClassVar[bool] = True  # activations of every layer kept for backward
+
+    def recipe_problem(self, recipe: Recipe) -> str | None:
+        """A reason the method cannot serve this recipe's task, or None."""
+        return None
+
+    def check_before_loading(self, recipe: Recipe, model_type: str | None, known: bool) -> None:
+        """Raise what the recipe's settings get wrong about the model's family, from its config
+        alone (`known`: the config could be read; a hub model not yet cached is checked later)."""
+
+    def check(self, model: torch.nn.Module, recipe: Recipe, kind: str) -> None:
+        """Raise now, as one line, what `apply` would raise on this model."""
+
+    def apply(self, model: torch.nn.Module, recipe: Recipe, kind: str) -> torch.nn.Module:
+        """The model ready to train: only what the method trains requires gradients."""
+        raise NotImplementedError
+
+    def describe(self, model: torch.nn.Module, recipe: Recipe) -> list[str]:
+        """Lines printed at the start of a run and in `loraft plan` (which layers it adapts)."""
+        return []
+
+    def label(self, recipe: Recipe) -> str:
+        """How reports name a run of this method (`lora r=8 attention`)."""
+        return self.name
+
+    def settings(self, recipe: Recipe) -> dict[str, Any]:
+        """The method's own settings that tell its runs apart (rank, targets), for reports."""
+        return {}
+
+    def frontier_line(self, recipe: Recipe) -> str | None:
+        """Runs on one line of the frontier plot (a method's ranks on one set of targets);
+        None: a single marked point."""
+        return None
+
+    def save(self, directory: Path, model: torch.nn.Module, state_dict: dict) -> None:
+        """Write the trained weights of `model` (from `state_dict`) into `directory`."""
+        model.save_pretrained(directory, state_dict=state_dict)
+
+    def load(self, base: torch.nn.Module | None, directory: Path, kind: str) -> torch.nn.Module:
+        """The trained model of a checkpoint folder (on top of `base` where `needs_base`)."""
+        raise NotImplementedError
+
+    def exported(self, model: torch.nn.Module, merge: bool) -> tuple[torch.nn.Module, bool]:
+        """(what `loraft export` saves, whether it is an adapter for the base)."""
+        return model, False
+
+    def card_facts(self, recipe: Recipe) -> list[str]:
+        """The model card's lines about the method's settings."""
+        return []

@@ -1,0 +1,104 @@
+"""`lora`: PEFT LoRA adapters on the recipe's target layers (see `loraft.models.targets`).
+
+For classification the head trains too and is saved with the adapter (`modules_to_save`,
+PEFT's SEQ_CLS task). A checkpoint is a PEFT adapter folder; `export --merge` folds it in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loraft.methods.base import Method
+
+
+class LoraMethod(Method):
+    name = "lora"
+    summary = "low-rank adapters (lora: section)"
+    section = "lora"
+
+    def targets(self, model, recipe) -> dict[str, list[str]]:
+        """The recipe's targets (the family's defaults when it names none) -> the layers matched."""
+        from loraft.errors import LoraftError
+        from loraft.models.loading import architecture_of
+        from loraft.models.targets import resolve_targets
+
+        architecture = architecture_of(model)
+        targets = recipe.lora.target_modules
+        if targets is None:
+            if architecture is None:
+                raise LoraftError(
+                    f"lora.target_modules: loraft has no default targets for '{model.config.model_type}' "
+                    "models; name its layers, or use all-linear"
+                )
+            targets = list(architecture.default_targets)
+        return resolve_targets(model, targets, architecture)
+
+    def config(self, model, recipe, kind):
+        from peft import LoraConfig, TaskType
+
+        from loraft.models.targets import peft_targets, stores_transposed
+
+        layers = peft_targets(self.targets(model, recipe))
+        return LoraConfig(
+            task_type=TaskType.SEQ_CLS if kind == "classification" else TaskType.CAUSAL_LM,
+            r=recipe.lora.r,
+            lora_alpha=recipe.lora.alpha,
+            lora_dropout=recipe.lora.dropout,
+            target_modules=layers,
+            bias=recipe.lora.bias,
+            fan_in_fan_out=stores_transposed(model, layers),
+        )
+
+    def check_before_loading(self, recipe, model_type, known) -> None:
+        from loraft.models import architecture_for
+        from loraft.models.targets import check_target_names
+
+        if recipe.lora.target_modules is not None and known:
+            check_target_names(recipe.lora.target_modules, architecture_for(model_type), model_type)
+
+    def check(self, model, recipe, kind) -> None:
+        self.config(model, recipe, kind)
+
+    def apply(self, model, recipe, kind):
+        from peft import get_peft_model
+
+        return get_peft_model(model, self.config(model, recipe, kind))
+
+    def describe(self, model, recipe) -> list[str]:
+        from loraft.models.targets import describe_targets
+
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return [f"lora targets: {describe_targets(self.targets(base, recipe))}"]
+
+    def label(self, recipe) -> str:
+        return f"lora r={recipe.lora.r} {self._targets_label(recipe)}"
+
+    def settings(self, recipe) -> dict:
+        return {"rank": recipe.lora.r, "targets": self._targets_label(recipe)}
+
+    def frontier_line(self, recipe) -> str | None:
+        return f"lora {self._targets_label(recipe)}"
+
+    def save(self, directory: Path, model, state_dict: dict) -> None:
+        # save_embedding_layers=False: "auto" would look the base model up on the hub.
+        model.save_pretrained(directory, state_dict=state_dict, save_embedding_layers=False)
+
+    def load(self, base, directory: Path, kind: str):
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, directory)
+
+    def exported(self, model, merge: bool):
+        return (model.merge_and_unload(), False) if merge else (model, True)
+
+    def card_facts(self, recipe) -> list[str]:
+        lora = recipe.lora
+        return [
+            f"LoRA: rank {lora.r}, alpha {lora.alpha:g}, dropout {lora.dropout:g}, "
+            f"targets {self._targets_label(recipe, ', ')}"
+        ]
+
+    @staticmethod
+    def _targets_label(recipe, joiner: str = "+") -> str:
+        targets = recipe.lora.target_modules
+        return joiner.join(targets) if targets else "default"
