@@ -48,7 +48,7 @@ def export_run(
             exported.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         summary = run.read_summary() if run.is_finished() else {}
-        card = model_card(recipe, summary, checkpoint, adapter, family)
+        card = model_card(recipe, summary, checkpoint, adapter, family, tokenizer.pad_token_id)
         (staging / "README.md").write_text(card, encoding="utf-8")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # our own staging folder only
@@ -71,7 +71,14 @@ def architecture_name(model) -> tuple[str, str]:
     return model_type, family.family if family else model_type
 
 
-def model_card(recipe: Recipe, summary: dict, checkpoint: str, adapter: bool, family: tuple[str, str]) -> str:
+def model_card(
+    recipe: Recipe,
+    summary: dict,
+    checkpoint: str,
+    adapter: bool,
+    family: tuple[str, str],
+    pad_token_id: int | None = None,
+) -> str:
     """A model card in the hub's format: YAML metadata, then what the model is and how it was made."""
     from huggingface_hub import ModelCardData
 
@@ -103,7 +110,7 @@ def model_card(recipe: Recipe, summary: dict, checkpoint: str, adapter: bool, fa
             f"## Metrics ({checkpoint} checkpoint, step {evaluated.get('step')})\n\n"
             f"| metric | value |\n|---|---|\n{rows}"
         )
-    sections.append("## Use\n\n```python\n" + _usage(recipe, adapter) + "\n```")
+    sections.append("## Use\n\n```python\n" + _usage(recipe, adapter, pad_token_id) + "\n```")
     sections.append(
         f"Made with loraft {__version__}; the full recipe is in `recipe` below.\n\n"
         f"```json\n{json.dumps(recipe.model_dump(mode='json'), indent=2)}\n```"
@@ -178,13 +185,14 @@ def _training_facts(recipe: Recipe, summary: dict) -> list[str]:
     return facts
 
 
-def _usage(recipe: Recipe, adapter: bool) -> str:
+def _usage(recipe: Recipe, adapter: bool, pad_token_id: int | None) -> str:
     classification = recipe.task_kind == "classification"
     auto = "AutoModelForSequenceClassification" if classification else "AutoModelForCausalLM"
     if not adapter:
         return f'from transformers import {auto}, AutoTokenizer\nmodel = {auto}.from_pretrained("PATH")'
     base = f"PATH/{BASE_MODEL}" if recipe.model.config is not None else recipe.model.name
-    labels = f", num_labels={len(recipe.data.labels)}" if classification else ""
+    # the classifier pools at the last token that is not padding: it must know the pad id
+    labels = f", num_labels={len(recipe.data.labels)}, pad_token_id={pad_token_id}" if classification else ""
     return (
         f"from peft import PeftModel\nfrom transformers import {auto}\n"
         f'model = PeftModel.from_pretrained({auto}.from_pretrained("{base}"{labels}), "PATH")'

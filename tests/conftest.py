@@ -122,3 +122,64 @@ def runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
         train_recipe(joker_recipe(tiny_model_dir, run, *overrides))
         made[method] = run
     return made
+
+
+# Tiny models of every family loraft knows, each as a hub checkpoint would be: its config class,
+# random weights, a byte-level BPE; Llama and Gemma's tokenizers start every text with BOS.
+FAMILY_SHAPES = {
+    "gpt2": {
+        "n_embd": 64,
+        "n_layer": 2,
+        "n_head": 2,
+        "n_positions": 256,
+        "resid_pdrop": 0,
+        "embd_pdrop": 0,
+        "attn_pdrop": 0,
+    },
+    "gpt_neox": {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+    },
+    "llama": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2},
+    "qwen2": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2},
+    "gemma": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2},
+}
+ADDS_BOS = ("llama", "gemma")
+
+
+def save_tiny_family_model(directory: Path, family: str) -> Path:
+    """A 2-layer model of `family` (width 64; grouped-query attention where the family has it)
+    with a 1,000-token BPE trained on the shipped Joker lines."""
+    from tokenizers import processors
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    texts = [" ".join(json.loads(line).values()) for line in JOKER.read_text().splitlines()]
+    tokenizer = train_byte_level_bpe(texts * 3, vocab_size=1000)
+    if family in ADDS_BOS:
+        tokenizer.add_special_tokens({"bos_token": "<s>"})
+        tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.bos_token_id)]
+        )
+    shape = dict(FAMILY_SHAPES[family])
+    if family != "gpt2":
+        shape.update(intermediate_size=128, max_position_embeddings=256)
+    if family == "gemma":
+        shape["head_dim"] = 16  # Gemma's own default is 256
+    bos = tokenizer.bos_token_id
+    config = AutoConfig.for_model(
+        family, vocab_size=len(tokenizer), bos_token_id=bos, eos_token_id=tokenizer.eos_token_id, **shape
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny saved model per family, by `model_type`."""
+    return {
+        family: save_tiny_family_model(tmp_path_factory.mktemp(family), family) for family in FAMILY_SHAPES
+    }

@@ -37,7 +37,7 @@ def test_a_merged_lora_run_is_a_plain_transformers_model_with_the_same_logits(
     assert card.startswith("---\n") and "library_name: transformers" in card
     for fact in (
         "Method: lora",
-        "LoRA: rank 4, alpha 16, dropout 0.05, targets c_attn",
+        "LoRA: rank 4, alpha 16, dropout 0.05, targets attention",
         "Trainable parameters: 2,048",
         "optimizer steps",
         "| eval_loss |",

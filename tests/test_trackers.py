@@ -67,7 +67,7 @@ def test_tensorboard_and_wandb_receive_the_ratio_the_metrics_and_the_summary(
     records = wandb_records(next((run / "wandb").glob("offline-run-*/run-*.wandb")))
     config = {key(item): item.value_json for r in records if r.HasField("config") for item in r.config.update}
     assert float(config["trainable_pct"]) == pytest.approx(summary["trainable_pct"])
-    assert config["trainable_params"] == "2048" and config["lora.target_modules"] == '"[\\"c_attn\\"]"'
+    assert config["trainable_params"] == "2048" and config["lora.target_modules"] == '"[\\"attention\\"]"'
     history = [{key(i): i.value_json for i in r.history.item} for r in records if r.HasField("history")]
     losses = [record["loss"] for record in read_records(run, "train")]
     assert [float(row["loss"]) for row in history if "loss" in row] == pytest.approx(losses)
