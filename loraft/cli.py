@@ -316,9 +316,10 @@ def study(
 @app.command()
 def fields() -> None:
     """Every recipe key with its default and meaning (the schema is the source of truth)."""
-    from loraft.recipe import field_reference
+    from loraft.recipe import choices_reference, field_reference
 
     typer.echo("| key | default | meaning |\n|---|---|---|\n" + "\n".join(field_reference()))
+    typer.echo("\n" + "\n".join(f"- {line}" for line in choices_reference()))
 
 
 # --- output -------------------------------------------------------------------------------

@@ -296,7 +296,7 @@ class Recipe(Section):
 
     name: str = Field("run", description="run name; default: the recipe file's stem")
     description: str = Field("", description="one line for humans")
-    task: str = Field(description="what is learnt: a task of loraft.tasks (listed under the table)")
+    task: str = Field(description="what is learnt: one of the tasks listed under this table")
     method: Literal[tuple(METHODS)] = Field(
         "lora", description="; ".join(f"{name}: {method.summary}" for name, method in METHODS.items())
     )
@@ -420,6 +420,16 @@ def field_reference(model: type[BaseModel] = Recipe, prefix: str = "") -> list[s
         shown = "required" if field.is_required() else yaml.safe_dump(default).strip().removesuffix("...")
         rows.append(f"| `{prefix}{name}` | `{shown.strip()}` | {field.description or ''} |")
     return rows
+
+
+def choices_reference() -> list[str]:
+    """The values `task`, `method` and `model.config.architecture` take, each from its registry."""
+    from loraft.tasks import TASK_CLASSES
+
+    tasks = ", ".join(f"{name} ({task.kind})" for name, task in TASK_CLASSES.items())
+    methods = "; ".join(f"{name}: {method.summary}" for name, method in METHODS.items())
+    families = ", ".join(f"{name} ({family.family})" for name, family in FAMILIES.items())
+    return [f"tasks: {tasks}", f"methods: {methods}", f"families (model.config.architecture): {families}"]
 
 
 def _member_types(annotation: Any) -> tuple:

@@ -12,7 +12,7 @@ EXPECTED = {
     "single-gpu.yaml": ("NO", 1),
     "multi-gpu-ddp.yaml": ("MULTI_GPU", 4),
     "multi-node-ddp.yaml": ("MULTI_GPU", 16),
-    "fsdp-gpt2-xl.yaml": ("FSDP", 4),
+    "fsdp.yaml": ("FSDP", 4),
     "deepspeed-zero2.yaml": ("DEEPSPEED", 4),
 }
 
@@ -32,10 +32,20 @@ def test_accelerate_loads_the_config(path: Path) -> None:
     distributed, processes = EXPECTED[path.name]
     assert (str(config.distributed_type).split(".")[-1], config.num_processes) == (distributed, processes)
     assert config.mixed_precision == "bf16" and config.use_cpu is False
-    if distributed == "FSDP":
-        from transformers.models.gpt2 import modeling_gpt2
-
-        assert hasattr(modeling_gpt2, config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"])
+    if distributed == "FSDP":  # blocks from the model's own _no_split_modules, for every family
+        assert "fsdp_transformer_layer_cls_to_wrap" not in config.fsdp_config
+        assert config.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
         assert config.fsdp_config["fsdp_version"] == 2
     if distributed == "DEEPSPEED":
         assert config.deepspeed_config["gradient_accumulation_steps"] == 1  # loraft accumulates itself
+
+
+def test_every_family_names_the_blocks_fsdp_wraps(family_dirs: dict) -> None:
+    """The FSDP config wraps what `_no_split_modules` names: a class each model instantiates."""
+    from accelerate.utils.dataclasses import get_module_class_from_name
+    from transformers import AutoModelForCausalLM
+
+    for directory in family_dirs.values():
+        model = AutoModelForCausalLM.from_pretrained(directory)
+        blocks = [name for name in model._no_split_modules if get_module_class_from_name(model, name)]
+        assert blocks, type(model).__name__

@@ -103,3 +103,55 @@ def test_length_grouping_reorders_an_epoch_but_keeps_its_examples() -> None:
     assert sorted(sum(epoch(grouped), [])) == sorted(sum(epoch(plain), [])) == list(range(203))
     assert epoch(grouped) != epoch(plain)
     assert padding(epoch(grouped)) < padding(epoch(plain)) / 3
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama", "qwen2", "gemma"])
+def test_packed_equals_padded_in_every_family(family: str, family_dirs: dict) -> None:
+    """Grouped-query attention (Llama, Qwen2, Gemma), rotary positions restarting at each
+    example, q/k/v biases (Qwen2): per-example losses and every gradient as padded, 1e-5."""
+    from transformers import AutoModelForCausalLM
+
+    from loraft.packing import packing_problem
+
+    directory = family_dirs[family]
+    examples, tokenizer = features(directory, 10)
+    model = with_fast_kernels(AutoModelForCausalLM.from_pretrained(directory))
+    assert packing_problem(model, 160) is None
+    packed_loss, packed_grads = loss_and_gradient(model, pack_examples(examples))
+    padded_loss, padded_grads = loss_and_gradient(model, pad_right(examples, tokenizer.pad_token_id))
+    torch.testing.assert_close(packed_loss, padded_loss, rtol=1e-5, atol=1e-6)
+    for packed_grad, padded_grad in zip(packed_grads, padded_grads, strict=True):
+        assert (packed_grad - padded_grad).norm() <= 1e-5 * padded_grad.norm() + 1e-9
+
+
+def test_a_family_loraft_has_not_tested_trains_padded_with_a_note(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """An OPT model takes its positions from the attention mask: packing would be silently
+    wrong, so loraft trains it on padded rows and says so."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from loraft.packing import packing_problem
+
+    model = with_fast_kernels(
+        OPTForCausalLM(
+            OPTConfig(
+                hidden_size=16,
+                num_hidden_layers=1,
+                ffn_dim=32,
+                num_attention_heads=2,
+                vocab_size=100,
+                word_embed_proj_dim=16,
+            )
+        )
+    )
+    assert "not on 'opt' models" in packing_problem(model, 64)
+    task = build_task(joker_recipe(tmp_path, tmp_path / "run"), data_roots())
+    (line,) = task.fit_to_model(model)
+    assert line.startswith("data.packing: ") and "training on padded rows instead" in line
+    rows, _ = task.rows()
+    batch = task.collate(
+        task.tokenize(rows.select(range(3)), load_tokenizer(str(tiny_model_dir))).to_list(),
+        load_tokenizer(str(tiny_model_dir)),
+    )
+    assert "cu_seq_lens" not in batch and batch["input_ids"].shape[0] == 3  # one padded row each

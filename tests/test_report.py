@@ -79,7 +79,9 @@ def test_the_report_groups_seeds_and_measures_against_full(sweep: tuple[Path, li
     out, points = sweep
     comparison = compare_runs(sorted(out / point.name for point in points))
     rows = {row["point"]: row for row in table_rows(comparison)}
-    assert set(rows) == {"lora r=1 c_attn", "lora r=2 c_attn", "full"} and comparison.metric == "eval_loss"
+    assert (
+        set(rows) == {"lora r=1 attention", "lora r=2 attention", "full"} and comparison.metric == "eval_loss"
+    )
     for label, row in rows.items():
         summaries = [
             json.loads((Path(run["run"]) / "summary.json").read_text())
@@ -93,7 +95,7 @@ def test_the_report_groups_seeds_and_measures_against_full(sweep: tuple[Path, li
         assert row["peak_memory_mb"] == pytest.approx(
             statistics.fmean(s["peak_memory_mb"] for s in summaries)
         )
-    full, lora = rows["full"], rows["lora r=1 c_attn"]
+    full, lora = rows["full"], rows["lora r=1 attention"]
     assert lora["trainable_params_vs_full"] == pytest.approx(
         lora["trainable_params"] / full["trainable_params"]
     )
@@ -112,7 +114,7 @@ def test_the_report_groups_seeds_and_measures_against_full(sweep: tuple[Path, li
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and 10_000 < figure.stat().st_size < 200_000
     with (tmp_path / "comparison.csv").open() as stream:
         assert len(list(csv.DictReader(stream))) == 3
-    assert "| lora r=2 c_attn | 2 |" in (tmp_path / "comparison.md").read_text()
+    assert "| lora r=2 attention | 2 |" in (tmp_path / "comparison.md").read_text()
     with pytest.raises(LoraftError, match="--format: 'bmp' is not one of png, svg, pdf"):
         write_plots(comparison, tmp_path, "bmp")
 
@@ -144,7 +146,7 @@ def test_runs_that_cannot_be_compared_are_named_and_left_out(
         == 0
     )
     comparison = compare_runs([out / points[0].name, unfinished.path, other_task, tmp_path / "nothing"])
-    assert [point.label for point in comparison.points] == ["lora r=1 c_attn"]
+    assert [point.label for point in comparison.points] == ["lora r=1 attention"]
     reasons = "\n".join(comparison.left_out)
     assert f"{unfinished.path}: unfinished (no summary.json)" in reasons
     assert f"{other_task}: another task or evaluation set" in reasons
@@ -160,8 +162,8 @@ def test_points_that_share_a_label_are_told_apart_and_one_run_shows_no_spread(
     assert in_process([*arguments, f"output_dir={lower}"])[0] == 0
     comparison = compare_runs([out / "joker_lora_r-1_seed-42", lower])
     assert sorted(point.label for point in comparison.points) == [
-        "lora r=1 c_attn train.lr=0.005",
-        "lora r=1 c_attn train.lr=0.01",
+        "lora r=1 attention train.lr=0.005",
+        "lora r=1 attention train.lr=0.01",
     ]
     table = format_comparison(comparison)
     assert "±" not in table and "no full fine-tuning run among these" in table
