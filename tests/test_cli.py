@@ -120,7 +120,7 @@ def test_a_missing_tracker_is_named_before_anything_runs(tmp_path: Path, loraft,
     assert not (tmp_path / "r").exists()
 
 
-def test_ctrl_c_outside_training_is_one_line_and_130(loraft, monkeypatch) -> None:
+def test_ctrl_c_outside_training_is_one_line_and_130(loraft, monkeypatch, tmp_path) -> None:
     import os
     import signal
 
@@ -130,7 +130,8 @@ def test_ctrl_c_outside_training_is_one_line_and_130(loraft, monkeypatch) -> Non
         os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(training, "train_recipe", interrupted)
-    code, out, err = loraft("train", RECIPES / "quickstart.yaml")
+    # output_dir: never the user's runs/ (the README's quickstart may have left runs/quickstart)
+    code, out, err = loraft("train", RECIPES / "quickstart.yaml", f"output_dir={tmp_path / 'run'}")
     assert (code, err) == (130, "interrupted\n")
 
 
