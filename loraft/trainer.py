@@ -287,6 +287,7 @@ class Trainer:
         self.update_clock()
         self.save_weights("last")
         counters = {**asdict(self.progress), "saved_step": self.progress.step}
+        counters["scheduler"] = self.scheduler.state_dict()  # plain numbers: JSON, not a pickle
         counters["num_processes"] = self.accelerator.num_processes
         save_training_state(
             self.accelerator,

@@ -247,7 +247,6 @@ def training_parts(
     )
     eval_loader = eval_loader_for(recipe, task, eval_set, tokenizer)
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
-    accelerator.register_for_checkpointing(scheduler)  # stepped by the trainer, saved with the state
     keep_only_trainable_weights(accelerator, model)
     return TrainingParts(model, optimizer, scheduler, order, train_set.to_list(), eval_loader, tokenizer)
 
@@ -286,7 +285,7 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def resume_trainer(trainer: Trainer, state: Path) -> None:
     """Restore weights, optimizer, schedule, RNG and counters; the step budget may have grown."""
-    counters = load_training_state(trainer.accelerator, state)
+    counters = load_training_state(trainer.accelerator, state, trainer.scheduler)
     known = {f.name for f in fields(Progress)}
     trainer.progress = Progress(**{k: v for k, v in counters.items() if k in known})
     trainer.wall_before = trainer.progress.wall_s

@@ -157,12 +157,9 @@ def test_keep_last_keeps_that_many_training_states(tiny_model_dir: Path, tmp_pat
     state = run / "train_state" / "step-00000006"
     counters = json.loads((state / "trainer_state.json").read_text())
     assert counters["step"] == 6 and counters["num_processes"] == 1
-    assert {
-        "optimizer.bin",
-        "custom_checkpoint_0.pkl",
-        "random_states_0.pkl",
-        "trainable.safetensors",
-    } <= set(os.listdir(state))  # custom_checkpoint_0: the learning-rate schedule
+    assert {"optimizer.bin", "random_states_0.pkl", "trainable.safetensors"} <= set(os.listdir(state))
+    assert "custom_checkpoint_0.pkl" not in os.listdir(state)  # the schedule is in the JSON
+    assert counters["scheduler"]["last_epoch"] == 6
 
 
 def test_a_stop_during_the_final_evaluation_says_how_to_finish(

@@ -1,0 +1,103 @@
+"""A run folder someone hands you is safe to open: nothing in a training state runs code, and a
+damaged or missing file is one line naming it (never a silently different resume)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+from conftest import joker_recipe
+
+from loraft.errors import LoraftError
+from loraft.training import train_recipe
+
+
+class RunsAShellCommand:
+    """What a crafted pickle holds: unpickling it would call os.system."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def stopped_run(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    """A run that saved a state at step 2 and is resumable to step 4."""
+    run = tmp_path / "run"
+    train_recipe(joker_recipe(tiny_model_dir, run, "train.max_steps=2", "train.save_every=2"))
+    (run / "summary.json").unlink()  # as if killed after its state was saved
+    return run
+
+
+def resume(tiny_model_dir: Path, run: Path):
+    overrides = ["train.max_steps=4", "train.save_every=2", "train.resume=true"]
+    return train_recipe(joker_recipe(tiny_model_dir, run, *overrides))
+
+
+@pytest.mark.parametrize("name", ["custom_checkpoint_0.pkl", "random_states_0.pkl"])
+def test_a_crafted_pickle_in_a_training_state_never_runs(
+    name: str, stopped_run: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    state = stopped_run / "train_state" / "step-00000002"
+    marker = tmp_path / "pwned"
+    (state / name).write_bytes(pickle.dumps(RunsAShellCommand(marker)))
+    if name == "custom_checkpoint_0.pkl":  # never read: the schedule is in the JSON
+        with pytest.raises(LoraftError, match=r"custom_checkpoint_0.pkl: not written by loraft"):
+            resume(tiny_model_dir, stopped_run)
+    else:
+        with pytest.raises(
+            LoraftError, match=r"random_states_0.pkl: cannot be read as plain data.*never runs code"
+        ):
+            resume(tiny_model_dir, stopped_run)
+    assert not marker.exists()
+
+
+def test_a_legacy_state_with_a_crafted_schedule_is_refused(
+    stopped_run: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """loraft 0.2 kept the schedule in accelerate's pickle: it is read as data only."""
+    import json
+
+    state = stopped_run / "train_state" / "step-00000002"
+    counters = json.loads((state / "trainer_state.json").read_text())
+    import torch
+
+    torch.save(counters.pop("scheduler"), state / "custom_checkpoint_0.pkl")  # as loraft 0.2 did
+    (state / "trainer_state.json").write_text(json.dumps(counters))
+    marker = tmp_path / "pwned"
+    schedule = state / "custom_checkpoint_0.pkl"
+    real = schedule.read_bytes()
+    schedule.write_bytes(pickle.dumps(RunsAShellCommand(marker)))
+    with pytest.raises(LoraftError, match="custom_checkpoint_0.pkl: cannot be read as plain data"):
+        resume(tiny_model_dir, stopped_run)
+    assert not marker.exists()
+    schedule.write_bytes(real)  # the genuine one (plain numbers) resumes as before
+    resume(tiny_model_dir, stopped_run)
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "message"),
+    [
+        ("random_states_0.pkl", "delete", "random_states_0.pkl: missing from the training state"),
+        ("random_states_0.pkl", "truncate", "random_states_0.pkl: cannot be read as plain data"),
+        ("optimizer.bin", "truncate", "step-00000002: cannot be resumed from"),
+        ("trainable.safetensors", "truncate", "step-00000002: cannot be resumed from"),
+        ("trainer_state.json", "truncate", "trainer_state.json: not a readable training state"),
+    ],
+)
+def test_a_damaged_state_is_one_line_naming_the_file(
+    name: str, damage: str, message: str, stopped_run: Path, tiny_model_dir: Path
+) -> None:
+    path = stopped_run / "train_state" / "step-00000002" / name
+    if damage == "delete":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(LoraftError, match=message) as error:
+        resume(tiny_model_dir, stopped_run)
+    assert "\n" not in str(error.value) and "--overwrite" in str(error.value)
