@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from loraft.errors import LoraftError
-from loraft.recipe import Recipe
+from loraft.recipe import TRACKERS, Recipe
 
 MARKER = ".loraft-run"
 GENERATIONS_FILE = "generations.jsonl"
@@ -73,6 +73,7 @@ class RunDirectory:
         run = cls(path)
         if not run.is_run():
             raise LoraftError(f"{run.path}: not a loraft run directory (no {MARKER} marker)")
+        run.refuse_symlinks()
         return run
 
     def is_run(self) -> bool:
@@ -102,6 +103,7 @@ class RunDirectory:
                 f"output_dir: {run.path} is not empty and is not a loraft run; "
                 "choose another output_dir=... (loraft never deletes it)"
             )
+        run.refuse_symlinks()
         if not overwrite:
             state = "a finished run" if run.is_finished() else "an unfinished run"
             hint = "" if run.is_finished() else ", --resume to continue it,"
@@ -126,9 +128,27 @@ class RunDirectory:
         write_atomically(run.path / MARKER, json.dumps(marker) + "\n")
         return run
 
+    def refuse_symlinks(self) -> None:
+        """loraft writes and deletes inside a run folder only: an entry of its own that is a
+        symbolic link (`train_state` pointing at a folder of yours) would take both outside."""
+        own = [*OWN_ENTRIES, *OWN_INSIDE, *TRACKERS, LOCK_FILE]
+        entries = [self.path / name for name in own]
+        for folder, patterns in OWN_INSIDE.items():
+            if (self.path / folder).is_dir() and not (self.path / folder).is_symlink():
+                inside = (self.path / folder).iterdir()
+                entries += [entry for entry in inside if any(entry.match(p) for p in patterns)]
+        for entry in entries:
+            if entry.is_symlink():
+                raise LoraftError(
+                    f"{entry}: a symbolic link where loraft keeps its own files; loraft never writes or "
+                    "deletes through one: replace it with a real folder or file"
+                )
+
     def remove_own_files(self) -> None:
         """Delete what loraft wrote here (marker last); anything else in the folder stays:
-        a tracker folder only if the run used that tracker, loraft's own checkpoints only."""
+        a tracker folder only if the run used that tracker, loraft's own checkpoints only.
+        Symbolic links are refused before anything is deleted (`refuse_symlinks`)."""
+        self.refuse_symlinks()
         trackers = self._trackers()
         own = {*OWN_ENTRIES, *(f"{STAGING_PREFIX}{name}" for name in OWN_ENTRIES), *trackers}
         for folder, patterns in OWN_INSIDE.items():

@@ -151,6 +151,8 @@ def resume_point(recipe: Recipe, overwrite: bool) -> tuple[Path | None, bool]:
     mode, run = recipe.train.resume, RunDirectory(recipe.run_dir)
     if mode is True and overwrite:
         raise LoraftError("--overwrite and --resume (train.resume) contradict each other: pick one")
+    if run.is_run():
+        run.refuse_symlinks()  # before anything is read from it, or written into it
     states = saved_states(run.train_state_path) if mode and run.is_run() else []
     if states:
         saved = run.read_recipe()

@@ -101,3 +101,36 @@ def test_a_damaged_state_is_one_line_naming_the_file(
     with pytest.raises(LoraftError, match=message) as error:
         resume(tiny_model_dir, stopped_run)
     assert "\n" not in str(error.value) and "--overwrite" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "place",
+    [
+        "train_state",
+        "checkpoints",
+        "base_model",
+        "tensorboard",
+        "checkpoints/best",
+        "train_state/step-00000002",
+    ],
+)
+def test_nothing_is_deleted_or_written_through_a_symlink(
+    place: str, stopped_run: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """--overwrite and --resume refuse a run whose own entry is a symbolic link to the user's."""
+    import shutil
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("step-00000001", "best", "last.old", "notes.txt"):
+        (mine / name).mkdir() if "." not in name or name.endswith(".old") else (mine / name).write_text("x")
+    link = stopped_run / place
+    if link.exists():
+        shutil.rmtree(link)
+    link.symlink_to(mine, target_is_directory=True)
+    before = sorted(p.name for p in mine.iterdir())
+    for extra in (["train.resume=true", "train.max_steps=4"], []):
+        recipe = joker_recipe(tiny_model_dir, stopped_run, "train.save_every=2", *extra)
+        with pytest.raises(LoraftError, match="a symbolic link where loraft keeps its own files"):
+            train_recipe(recipe, overwrite=not extra)
+    assert sorted(p.name for p in mine.iterdir()) == before
