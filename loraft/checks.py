@@ -84,19 +84,22 @@ def beam_with_window(where: str = "generation") -> str:
 
 def check_extra_metrics(recipe: Recipe) -> None:
     """`evaluate:` metrics are well formed, local code is allowed (whether or not this run
-    generates: `loraft study` scores them too), and, when the run generates, each one loads."""
+    generates: `loraft study` scores them too), and, when the run generates, each hub metric
+    loads."""
+    hub = []
     for spec in recipe.eval.metrics:
         name, local = parse_metric_spec(spec)
         if local and not recipe.eval.allow_local_metric_code:
             raise LoraftError(
                 f"eval.metrics: {spec!r} runs Python code from {name}; "
-                "set eval.allow_local_metric_code: true if you trust it"
+                "pass --allow-local-metric-code on the command line if you trust it"
             )
+        hub += [] if local else [spec]
     if not recipe.eval.generate:
         return
     from loraft.text_metrics import load_metric
 
-    for spec in recipe.eval.metrics:
+    for spec in hub:  # local metric code is never run by a check: only when the run scores
         load_metric(spec)
 
 

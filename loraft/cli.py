@@ -35,6 +35,18 @@ DataRoot = Annotated[
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+TrustRemoteCode = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code", help="allow the model's own Python code (model.trust_remote_code) to run"
+    ),
+]
+AllowLocalMetricCode = Annotated[
+    bool,
+    typer.Option(
+        "--allow-local-metric-code", help="allow evaluate:/local/dir metrics, which run its Python code"
+    ),
+]
 CheckpointOption = Annotated[str, typer.Option(help="best or last")]
 
 
@@ -60,11 +72,14 @@ def train(
     data_root: DataRoot = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run (its own files only)")] = False,
     resume: Annotated[bool, typer.Option(help="continue the run in output_dir from its last state")] = False,
+    trust_remote_code: TrustRemoteCode = False,
+    allow_local_metric_code: AllowLocalMetricCode = False,
 ) -> None:
     """Train a recipe and write its run directory."""
-    from loraft.recipe_files import load_recipe
+    from loraft.recipe_files import CodeGrants, apply_grants, load_recipe
 
     loaded = load_recipe(recipe, [*(overrides or []), *(["train.resume=true"] if resume else [])])
+    loaded = apply_grants(loaded, CodeGrants(trust_remote_code, allow_local_metric_code), recipe)
     _check_before_loading_torch(loaded, data_root, overwrite)
     _quiet_libraries()
     from loraft.trainer import RunInterrupted
@@ -85,16 +100,21 @@ def validate(
     no_data: Annotated[
         bool, typer.Option("--no-data", help="check the recipes only, not their data")
     ] = False,
+    trust_remote_code: TrustRemoteCode = False,
+    allow_local_metric_code: AllowLocalMetricCode = False,
 ) -> None:
-    """Check recipes and the first rows of their data files, without loading a model."""
+    """Check recipes and the first rows of their data files, without loading a model; no code
+    from a model or a metric runs (the flags only say that training will be allowed to)."""
     from loraft.checks import check_recipe
     from loraft.data import data_roots
-    from loraft.recipe_files import load_recipe
+    from loraft.recipe_files import CodeGrants, apply_grants, load_recipe
+
+    grants = CodeGrants(trust_remote_code, allow_local_metric_code)
 
     failures = 0
     for path in recipes:
         try:
-            loaded = load_recipe(path)
+            loaded = apply_grants(load_recipe(path), grants, path)
             check_recipe(loaded, None if no_data else data_roots(data_root))
             typer.echo(f"ok    {path} (task {loaded.task}, method {loaded.method})")
         except LoraftError as error:
@@ -128,14 +148,18 @@ def evaluate(
     checkpoint: CheckpointOption = "best",
     data_root: DataRoot = None,
     as_json: JsonFlag = False,
+    trust_remote_code: TrustRemoteCode = False,
+    allow_local_metric_code: AllowLocalMetricCode = False,
 ) -> None:
     """Re-evaluate a saved run (LoRA adapter, head-only or full) and print its metrics."""
     from loraft.evaluation import check_eval, evaluate_run
+    from loraft.recipe_files import CodeGrants
 
-    check_eval(run_dir, overrides, checkpoint, data_root)
+    grants = CodeGrants(trust_remote_code, allow_local_metric_code)
+    check_eval(run_dir, overrides, checkpoint, data_root, grants)
     _quiet_libraries()
 
-    metrics = evaluate_run(run_dir, overrides, checkpoint, data_root)
+    metrics = evaluate_run(run_dir, overrides, checkpoint, data_root, grants)
     typer.echo(json.dumps(metrics, indent=2) if as_json else metric_lines(metrics))
 
 
@@ -161,6 +185,7 @@ def generate(
     ] = None,
     context_mode: Annotated[str | None, typer.Option(help="reencode or cache")] = None,
     as_json: JsonFlag = False,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Continue prompts with a trained run or a model; options override the run's recipe."""
     from loraft.inference import read_prompts
@@ -187,8 +212,9 @@ def generate(
     from loraft.checks import check_generation, context_of
     from loraft.generation import generate as generate_texts
     from loraft.inference import load_generator
+    from loraft.recipe_files import CodeGrants
 
-    generator = load_generator(target, checkpoint, raw)
+    generator = load_generator(target, checkpoint, raw, CodeGrants(trust_remote_code))
     # again with the loaded config: a hub model's context is known only now
     check_generation(settings, context_of(generator.model.config), "generation")
     framed = [generator.frame(text) for text in prompts]
@@ -208,12 +234,14 @@ def export(
     push_to_hub: Annotated[
         str | None, typer.Option(help="also upload to this hub repo (needs a token)")
     ] = None,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Export a run's checkpoint for transformers/PEFT (adapter, or merged model) with a model card."""
     _quiet_libraries()
     from loraft.export import export_run
+    from loraft.recipe_files import CodeGrants
 
-    written = export_run(run_dir, out, merge, checkpoint, push_to_hub)
+    written = export_run(run_dir, out, merge, checkpoint, push_to_hub, CodeGrants(trust_remote_code))
     typer.echo(f"exported {run_dir} ({checkpoint}{', merged' if merge else ''}) to {written}")
     if push_to_hub:
         typer.echo(f"pushed to https://huggingface.co/{push_to_hub}")
@@ -257,6 +285,8 @@ def sweep(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="list the points with their plan; run nothing")
     ] = False,
+    trust_remote_code: TrustRemoteCode = False,
+    allow_local_metric_code: AllowLocalMetricCode = False,
 ) -> None:
     """Run a grid of overrides (x seeds), one process a run; skip finished points on a rerun; compare."""
     from loraft.run_dir import default_run_dir
@@ -273,7 +303,12 @@ def sweep(
                 f"about {row['memory_mb']:,.0f} MiB"
             )
         return
-    points = run_sweep(recipe, overrides or [], parse_grid(grid or []), seeds, folder, data_root)
+    from loraft.recipe_files import CodeGrants
+
+    grants = CodeGrants(trust_remote_code, allow_local_metric_code)
+    points = run_sweep(
+        recipe, overrides or [], parse_grid(grid or []), seeds, folder, data_root, grants=grants
+    )
     from loraft.report import compare_runs, format_comparison
 
     comparison = compare_runs([folder / point.name for point in points], metric)
@@ -301,11 +336,14 @@ def study(
     data_root: DataRoot = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing study.json")] = False,
     as_json: JsonFlag = False,
+    trust_remote_code: TrustRemoteCode = False,
+    allow_local_metric_code: AllowLocalMetricCode = False,
 ) -> None:
     """Compare decoders (standard vs shortened context) on one model and the same prompts."""
-    from loraft.recipe_files import load_recipe
+    from loraft.recipe_files import CodeGrants, apply_grants, load_recipe
 
     loaded = load_recipe(recipe, overrides)
+    loaded = apply_grants(loaded, CodeGrants(trust_remote_code, allow_local_metric_code), recipe)
     _quiet_libraries()
     from loraft.study import format_study, run_study
 

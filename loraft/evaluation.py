@@ -6,6 +6,7 @@ from pathlib import Path
 
 from loraft.checks import check_recipe
 from loraft.data import data_roots
+from loraft.recipe_files import NO_GRANTS, CodeGrants
 from loraft.run_dir import RunDirectory
 
 
@@ -14,19 +15,19 @@ def evaluate_run(
     overrides: list[str] | None = None,
     checkpoint: str = "best",
     data_root: str | Path | None = None,
+    grants: CodeGrants = NO_GRANTS,
 ) -> dict:
     """The metrics of checkpoint `best` or `last` of a run, computed as the trainer does.
 
     Generations and predictions go to `RUN_DIR/eval-<checkpoint>/`, never over the run's own.
     """
-    run, recipe, roots = check_eval(run_dir, overrides, checkpoint, data_root)
+    run, recipe, roots = check_eval(run_dir, overrides, checkpoint, data_root, grants)
     from loraft.checkpoint import load_trained_model
     from loraft.system import keep_freed_memory, resolve_precision
     from loraft.tasks import build_task
     from loraft.trainer import evaluate_model
     from loraft.training import eval_loader_for, make_accelerator
 
-    warn_about_local_metric_code(recipe, run)
     task = build_task(recipe, roots)
     _, eval_rows = task.rows()
     model, tokenizer = load_trained_model(run, checkpoint, recipe)
@@ -45,23 +46,18 @@ def evaluate_run(
     return {"checkpoint": checkpoint, **metrics}
 
 
-def check_eval(run_dir: str | Path, overrides: list[str] | None, checkpoint: str, data_root):
+def check_eval(
+    run_dir: str | Path,
+    overrides: list[str] | None,
+    checkpoint: str,
+    data_root,
+    grants: CodeGrants = NO_GRANTS,
+):
     """The run, its recipe with `overrides`, the checkpoint and the data, checked in a second
     (before torch is imported): the run directory, recipe and data roots."""
     run = RunDirectory.open(run_dir)
     run.saved_checkpoint(checkpoint)
-    recipe = run.read_recipe(overrides)
+    recipe = run.read_recipe(overrides, grants)
     roots = data_roots(data_root)
     check_recipe(recipe, roots)
     return run, recipe, roots
-
-
-def warn_about_local_metric_code(recipe, run: RunDirectory) -> None:
-    """A run folder from someone else may name local metric code: say so before it runs."""
-    from loraft.text_metrics import parse_metric_spec
-
-    for spec in recipe.eval.metrics if recipe.eval.generate else []:
-        name, local = parse_metric_spec(spec)
-        if local:
-            where = run.recipe_path
-            print(f"note: running local metric code from {name} (eval.allow_local_metric_code in {where})")

@@ -16,6 +16,7 @@ from pathlib import Path
 from loraft import __version__
 from loraft.errors import LoraftError
 from loraft.recipe import Recipe
+from loraft.recipe_files import NO_GRANTS, CodeGrants
 from loraft.run_dir import BASE_MODEL, RunDirectory
 
 
@@ -25,6 +26,7 @@ def export_run(
     merge: bool = False,
     checkpoint: str = "best",
     push_to_hub: str | None = None,
+    grants: CodeGrants = NO_GRANTS,
 ) -> Path:
     """Write checkpoint `checkpoint` of a run to `out` (which must be new or empty); optionally push it."""
     from loraft.checkpoint import load_trained_model
@@ -33,7 +35,7 @@ def export_run(
     run, out = RunDirectory.open(run_dir), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LoraftError(f"--out: {out} already exists and is not empty; choose a new folder")
-    recipe = run.read_recipe()
+    recipe = run.read_recipe(grants=grants)
     model, tokenizer = load_trained_model(run, checkpoint, recipe)
     family = architecture_name(model)
     exported, adapter = method_of(recipe).exported(model, merge)

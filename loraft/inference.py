@@ -9,6 +9,7 @@ from typing import NamedTuple
 from loraft.errors import LoraftError
 from loraft.hub import go_offline_unless_reachable, is_local, offline_hint
 from loraft.recipe import GenerationSection
+from loraft.recipe_files import NO_GRANTS, CodeGrants
 from loraft.run_dir import RunDirectory
 
 
@@ -22,14 +23,16 @@ class Generator(NamedTuple):
     frame: Callable[[str], str]
 
 
-def load_generator(target: str, checkpoint: str = "best", raw: bool = False) -> Generator:
+def load_generator(
+    target: str, checkpoint: str = "best", raw: bool = False, grants: CodeGrants = NO_GRANTS
+) -> Generator:
     """A run directory (base + adapter, or full weights) or a model path / hub id, on the GPU
     when there is one. A run brings its recipe's `generation` settings and prompt template."""
     from accelerate import PartialState
 
     device = PartialState().device
     if RunDirectory(target).is_run():
-        model, tokenizer, settings, frame = _from_run(RunDirectory.open(target), checkpoint)
+        model, tokenizer, settings, frame = _from_run(RunDirectory.open(target), checkpoint, grants)
         return Generator(model.to(device), tokenizer, settings, (lambda text: text) if raw else frame)
     model, tokenizer = _from_model(target)
     return Generator(model.to(device), tokenizer, GenerationSection(), lambda text: text)
@@ -66,12 +69,12 @@ def with_changes(settings: GenerationSection, changes: dict) -> GenerationSectio
         raise LoraftError(f"--{str(first['loc'][0]).replace('_', '-')}: {message}") from None
 
 
-def _from_run(run: RunDirectory, checkpoint: str):
+def _from_run(run: RunDirectory, checkpoint: str, grants: CodeGrants):
     from loraft.checkpoint import load_trained_model
     from loraft.checks import check_recipe
     from loraft.tasks import TASK_CLASSES
 
-    recipe = run.read_recipe()
+    recipe = run.read_recipe(grants=grants)
     if recipe.task_kind == "classification":
         raise LoraftError(f"{run.path}: a classification run does not generate text")
     check_recipe(recipe)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +244,42 @@ def _suggestion(loc: list[str]) -> str:
     if not matches:
         return f"; valid keys here: {', '.join(section.model_fields)}"
     return f"; did you mean '{prefix + '.' if prefix else ''}{matches[0]}'?"
+
+
+@dataclass(frozen=True)
+class CodeGrants:
+    """What the command line allows to run. A recipe or a run folder may ask for code to run
+    (`model.trust_remote_code`, `evaluate:/local/metric`); only a flag typed on the command line
+    grants it, since recipes and run folders are things people download and share."""
+
+    trust_remote_code: bool = False
+    local_metric_code: bool = False
+
+
+NO_GRANTS = CodeGrants()
+
+
+def apply_grants(recipe: Recipe, grants: CodeGrants, source: str | Path) -> Recipe:
+    """The recipe with the command line's grants; one line where it asks for what was not
+    granted, and a note before any code is allowed to run."""
+    from loraft.text_metrics import parse_metric_spec
+
+    if recipe.model.trust_remote_code and not grants.trust_remote_code:
+        raise LoraftError(
+            f"{source}: model.trust_remote_code is true: the model's own Python code would run; "
+            "loraft allows that only from the command line: add --trust-remote-code"
+        )
+    local = [spec for spec in recipe.eval.metrics if parse_metric_spec(spec)[1]]
+    if local and not grants.local_metric_code:
+        raise LoraftError(
+            f"{source}: eval.metrics {local[0]!r} runs Python code from that folder; loraft allows "
+            "that only from the command line: add --allow-local-metric-code"
+        )
+    if grants.trust_remote_code:
+        model = recipe.model.name or "the model"
+        print(f"note: --trust-remote-code: Python code that comes with {model} may run")
+    if local and grants.local_metric_code:
+        print(f"note: --allow-local-metric-code: the metric code in {', '.join(local)} will run")
+    model = recipe.model.model_copy(update={"trust_remote_code": grants.trust_remote_code})
+    evaluation = recipe.eval.model_copy(update={"allow_local_metric_code": grants.local_metric_code})
+    return recipe.model_copy(update={"model": model, "eval": evaluation})

@@ -244,10 +244,14 @@ class RunDirectory:
     def write_recipe(self, recipe: Recipe) -> None:
         write_atomically(self.recipe_path, recipe.to_yaml())
 
-    def read_recipe(self, overrides: list[str] | None = None) -> Recipe:
-        from loraft.recipe_files import load_recipe
+    def read_recipe(self, overrides: list[str] | None = None, grants=None) -> Recipe:
+        """The run's recipe (with `overrides`). To load and run its model, pass the command
+        line's `grants` (`loraft.recipe_files.CodeGrants`): the run's own recipe.yaml never
+        allows code to run; None reads it as data only (comparisons, reports)."""
+        from loraft.recipe_files import apply_grants, load_recipe
 
-        return load_recipe(self.recipe_path, overrides)
+        recipe = load_recipe(self.recipe_path, overrides)
+        return recipe if grants is None else apply_grants(recipe, grants, self.recipe_path)
 
     def log(self, record: dict[str, Any]) -> None:
         with self.metrics_path.open("a", encoding="utf-8") as stream:

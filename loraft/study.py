@@ -14,6 +14,7 @@ from loraft.checks import check_recipe
 from loraft.data import data_roots
 from loraft.errors import LoraftError
 from loraft.recipe import Recipe
+from loraft.recipe_files import CodeGrants
 from loraft.run_dir import RunDirectory
 
 STUDY_FILE = "study.json"
@@ -66,7 +67,8 @@ def _study_model(recipe: Recipe):
     if recipe.study.run:
         if not RunDirectory(recipe.study.run).is_run():
             raise LoraftError(f"study.run: {recipe.study.run} is not a loraft run directory (train it first)")
-        generator = load_generator(recipe.study.run, recipe.study.checkpoint)
+        granted = CodeGrants(recipe.model.trust_remote_code, recipe.eval.allow_local_metric_code)
+        generator = load_generator(recipe.study.run, recipe.study.checkpoint, grants=granted)
     elif not recipe.model.name:
         raise LoraftError("study.run: a model trained from scratch must be studied through its run directory")
     else:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from loraft.errors import LoraftError
-from loraft.recipe_files import load_recipe
+from loraft.recipe_files import NO_GRANTS, CodeGrants, load_recipe
 from loraft.run_dir import RunDirectory, write_atomically
 
 Launch = Callable[[list[str]], tuple[int, str]]  # loraft arguments -> (exit code, last error line)
@@ -85,6 +85,7 @@ def run_sweep(
     data_root: Path | None = None,
     launch: Launch | None = None,
     report: Callable[[str], None] = print,
+    grants: CodeGrants = NO_GRANTS,
 ) -> list[SweepPoint]:
     """Run (or skip, resume, restart) every point into `out/<name>`; sweep.json says how each went."""
     points, notes = sweep_points(recipe_path, overrides, grid, seeds)
@@ -106,6 +107,7 @@ def run_sweep(
             f"output_dir={run.path}",
             "train.resume=auto",
             *(["--data-root", str(data_root)] if data_root else []),
+            *grant_flags(grants),
         ]
         started = time.perf_counter()
         code, message = launch(arguments)
@@ -135,6 +137,14 @@ def plan_points(recipe_path: Path, points: list[SweepPoint]) -> list[dict]:
             }
         )
     return planned
+
+
+def grant_flags(grants: CodeGrants) -> list[str]:
+    """The command-line flags that grant each child what the sweep's own command line granted."""
+    return [
+        *(["--trust-remote-code"] if grants.trust_remote_code else []),
+        *(["--allow-local-metric-code"] if grants.local_metric_code else []),
+    ]
 
 
 def launch_process(arguments: list[str]) -> tuple[int, str]:

@@ -103,7 +103,7 @@ def test_recipe_mistakes_are_found_without_data_or_model(
 def test_local_metric_code_needs_an_explicit_opt_in(tmp_path: Path) -> None:
     metric = tmp_path / "my_metric"
     metric.mkdir()
-    with pytest.raises(LoraftError, match="runs Python code from .*allow_local_metric_code: true"):
+    with pytest.raises(LoraftError, match="runs Python code from .*--allow-local-metric-code"):
         check_recipe(load_recipe(RECIPES / "news.yaml", [f"eval.metrics=['evaluate:{metric}']"]))
 
 

@@ -134,3 +134,64 @@ def test_nothing_is_deleted_or_written_through_a_symlink(
         with pytest.raises(LoraftError, match="a symbolic link where loraft keeps its own files"):
             train_recipe(recipe, overwrite=not extra)
     assert sorted(p.name for p in mine.iterdir()) == before
+
+
+def shared_run(run: Path, tmp_path: Path, **recipe_changes) -> Path:
+    """A copy of a finished run as someone might hand it over, its recipe.yaml edited."""
+    import shutil
+
+    import yaml
+
+    copy = tmp_path / "handed-over"
+    shutil.copytree(run, copy)
+    recipe = yaml.safe_load((copy / "recipe.yaml").read_text())
+    for dotted, value in recipe_changes.items():
+        section, key = dotted.split("__")
+        recipe[section][key] = value
+    recipe["output_dir"] = str(copy)
+    (copy / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return copy
+
+
+def metric_that_leaves_a_mark(folder: Path, marker: Path) -> Path:
+    """A local `evaluate` metric module whose import writes `marker`."""
+    folder.mkdir()
+    (folder / "marking.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    return folder / "marking.py"
+
+
+def test_a_run_folder_never_grants_code_to_run(runs: dict, tmp_path: Path, loraft) -> None:
+    """Its recipe.yaml may say trust_remote_code or name local metric code: loraft eval,
+    generate and export refuse with one line until the command line says so."""
+    marker = tmp_path / "ran"
+    metric = metric_that_leaves_a_mark(tmp_path / "metric", marker)
+    trusting = shared_run(runs["lora"], tmp_path, model__trust_remote_code=True)
+    for command in (
+        ["eval", trusting],
+        ["generate", trusting, "--prompt", "hi"],
+        ["export", trusting, "--out", tmp_path / "out"],
+    ):
+        code, _, err = loraft(*command)
+        assert code == 2 and "model.trust_remote_code is true" in err and "--trust-remote-code" in err, err
+        assert err.count("\n") == 1
+    import shutil
+
+    shutil.rmtree(trusting)
+    scoring = shared_run(
+        runs["lora"], tmp_path, eval__metrics=[f"evaluate:{metric}"], eval__allow_local_metric_code=True
+    )
+    code, _, err = loraft("eval", scoring)
+    assert code == 2 and "--allow-local-metric-code" in err and not marker.exists()
+
+
+def test_validate_never_runs_metric_code(tmp_path: Path, loraft) -> None:
+    from conftest import RECIPES
+
+    marker = tmp_path / "ran"
+    metric = metric_that_leaves_a_mark(tmp_path / "metric", marker)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"extends: {RECIPES / 'joker.yaml'}\neval:\n  metrics: ['evaluate:{metric}']\n")
+    code, _, err = loraft("validate", recipe, "--no-data")
+    assert code == 2 and "--allow-local-metric-code" in err
+    code, out, err = loraft("validate", recipe, "--no-data", "--allow-local-metric-code")
+    assert code == 0 and "ok" in out and not marker.exists(), err
