@@ -74,11 +74,18 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue the run in output_dir from its last state")] = False,
     trust_remote_code: TrustRemoteCode = False,
     allow_local_metric_code: AllowLocalMetricCode = False,
+    allow_changed_inputs: Annotated[
+        bool, typer.Option(help="resume although data files or the base model changed (recorded)")
+    ] = False,
 ) -> None:
     """Train a recipe and write its run directory."""
     from loraft.recipe_files import CodeGrants, apply_grants, load_recipe
+    from loraft.run_dir import RunDirectory
 
-    loaded = load_recipe(recipe, [*(overrides or []), *(["train.resume=true"] if resume else [])])
+    given = [*(overrides or []), *(["train.resume=true"] if resume else [])]
+    if RunDirectory(recipe.parent).is_run() and not any(o.startswith("output_dir=") for o in given):
+        given.append(f"output_dir={recipe.parent}")  # a run's own recipe.yaml: that run, wherever it is now
+    loaded = load_recipe(recipe, given)
     loaded = apply_grants(loaded, CodeGrants(trust_remote_code, allow_local_metric_code), recipe)
     _check_before_loading_torch(loaded, data_root, overwrite)
     _quiet_libraries()
@@ -86,7 +93,7 @@ def train(
     from loraft.training import train_recipe
 
     try:
-        result = train_recipe(loaded, data_root, overwrite)
+        result = train_recipe(loaded, data_root, overwrite, allow_changed_inputs)
     except RunInterrupted as stopped:
         raise _Interrupted(str(stopped)) from None
     if result.is_main_process:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from loraft.checks import check_recipe
@@ -28,6 +29,7 @@ def evaluate_run(
     from loraft.trainer import evaluate_model
     from loraft.training import eval_loader_for, make_accelerator
 
+    note_changed_inputs(run, recipe, roots)
     task = build_task(recipe, roots)
     _, eval_rows = task.rows()
     model, tokenizer = load_trained_model(run, checkpoint, recipe)
@@ -58,6 +60,26 @@ def check_eval(
     run = RunDirectory.open(run_dir)
     run.saved_checkpoint(checkpoint)
     recipe = run.read_recipe(overrides, grants)
-    roots = data_roots(data_root)
+    roots = data_roots(data_root or recorded_data_root(run))
     check_recipe(recipe, roots)
     return run, recipe, roots
+
+
+def recorded_data_root(run: RunDirectory) -> str | None:
+    """The `--data-root` the run trained with, if it is still a folder here."""
+    try:
+        root = json.loads(run.inputs_path.read_text(encoding="utf-8")).get("data_root")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return root if root and Path(root).is_dir() else None
+
+
+def note_changed_inputs(run: RunDirectory, recipe, roots: list[Path]) -> None:
+    """One line before the figures when the files they come from are not the run's own."""
+    from loraft.fingerprint import changes, fingerprint, read_fingerprint
+
+    recorded = read_fingerprint(run.inputs_path)
+    changed = changes(recorded, fingerprint(recipe, roots, run.base_model_path)) if recorded else []
+    if changed:
+        what = "; ".join(changed[:3])
+        print(f"note: the inputs changed since {run.path} trained: {what}; these figures are not its own")

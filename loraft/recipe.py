@@ -29,6 +29,8 @@ from loraft.models import DEFAULT_ARCHITECTURE, FAMILIES
 TRACKERS = ("tensorboard", "wandb")
 # Keys that may change when a run is resumed: the step budget (and the switch itself).
 BUDGET_KEYS = ("train.max_steps", "train.epochs", "train.resume")
+# Keys that say where a run lives, not what it computes: a copied or moved run resumes.
+PLACE_KEYS = ("output_dir",)
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 

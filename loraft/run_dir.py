@@ -4,6 +4,7 @@
 recipe.yaml        the fully resolved recipe
 metrics.jsonl      one JSON object per logged step (`kind: train`) and evaluation (`kind: eval`)
 summary.json       parameters, speed, memory, final and best metrics (written last)
+inputs.json        what the numbers depend on: data files and base model, sized and hashed
 base_model/        a from-scratch base and its tokenizer (LoRA/head runs reload on top of it)
 checkpoints/best/  weights with the best `eval.metric`; checkpoints/last/: the latest weights
 train_state/       full training states (optimizer, scheduler, RNG, step) for --resume
@@ -41,6 +42,7 @@ OWN_ENTRIES = (
     "recipe.yaml",
     "metrics.jsonl",
     "summary.json",
+    "inputs.json",
     BASE_MODEL,
     GENERATIONS_FILE,
     PREDICTIONS_FILE,
@@ -213,6 +215,11 @@ class RunDirectory:
     @property
     def summary_path(self) -> Path:
         return self.path / "summary.json"
+
+    @property
+    def inputs_path(self) -> Path:
+        """The fingerprint of what the run's numbers depend on (`loraft.fingerprint`)."""
+        return self.path / "inputs.json"
 
     @property
     def base_model_path(self) -> Path:

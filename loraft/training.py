@@ -8,6 +8,7 @@ earlier run replaced (with --overwrite) or reopened (with --resume).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from dataclasses import dataclass, fields
@@ -25,6 +26,7 @@ from loraft.checkpoint import load_trained_model, save_base_model
 from loraft.checks import check_context, check_recipe, context_of
 from loraft.data import data_roots
 from loraft.errors import LoraftError
+from loraft.fingerprint import changes, fingerprint, read_fingerprint
 from loraft.methods import apply_method, method_of
 from loraft.models.loading import (
     build_base_model,
@@ -34,8 +36,8 @@ from loraft.models.loading import (
     frozen_weights_in,
     load_base_model,
 )
-from loraft.recipe import BUDGET_KEYS, Recipe
-from loraft.run_dir import RunDirectory, state_step
+from loraft.recipe import BUDGET_KEYS, PLACE_KEYS, Recipe
+from loraft.run_dir import RunDirectory, state_step, write_atomically
 from loraft.system import cpu_has_native_bf16, environment_facts, keep_freed_memory, resolve_precision
 from loraft.tasks import build_task
 from loraft.tasks.base import Task
@@ -55,8 +57,15 @@ class TrainResult:
     is_main_process: bool = True  # under DDP, only the main process reports
 
 
-def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite: bool = False) -> TrainResult:
-    """Run a recipe end to end (resuming if the recipe says so); returns and writes the summary."""
+def train_recipe(
+    recipe: Recipe,
+    data_root: str | Path | None = None,
+    overwrite: bool = False,
+    allow_changed_inputs: bool = False,
+) -> TrainResult:
+    """Run a recipe end to end (resuming if the recipe says so); returns and writes the summary.
+    A resume whose inputs (data files, base model) changed is refused unless
+    `allow_changed_inputs`, which `metrics.jsonl` then records."""
     started = time.perf_counter()
     roots = data_roots(data_root)
     check_recipe(recipe, roots)
@@ -64,11 +73,14 @@ def train_recipe(recipe: Recipe, data_root: str | Path | None = None, overwrite:
     precision = resolve_precision(recipe.train.precision)
     accelerator = make_accelerator(precision, recipe.train.compile)
     state, overwrite = resume_point(recipe, overwrite)
+    changed = check_inputs(recipe, roots, allow_changed_inputs) if state is not None else []
     set_seed(recipe.train.seed)
     task = build_task(recipe, roots)
     if accelerator.device.type == "cpu" and task.kind == "causal_lm":
         keep_freed_memory()  # see there: length-grouped classification batches would fragment it
     run, tokenizer, base, train_set, eval_set = prepare_run(recipe, task, state, overwrite, accelerator)
+    if run is not None and (state is None or changed):
+        record_inputs(run, recipe, roots, data_root, changed, state_step(state) if state else 0)
     for line in [*method_of(recipe).describe(base, recipe), *task.fit_to_model(base)]:
         accelerator.print(line)
     model = apply_method(base, recipe, task.kind)
@@ -156,13 +168,13 @@ def resume_point(recipe: Recipe, overwrite: bool) -> tuple[Path | None, bool]:
     states = saved_states(run.train_state_path) if mode and run.is_run() else []
     if states:
         saved = run.read_recipe()
-        difference = recipe.first_difference(saved, ignore=BUDGET_KEYS)
+        difference = recipe.first_difference(saved, ignore=(*BUDGET_KEYS, *PLACE_KEYS))
         if difference:
             raise LoraftError(
                 f"--resume: {run.path} was trained with another recipe ({difference}, now vs then); "
                 "only train.max_steps and train.epochs may change"
             )
-        if run.is_finished() and not recipe.first_difference(saved, ignore=("train.resume",)):
+        if run.is_finished() and not recipe.first_difference(saved, ignore=("train.resume", *PLACE_KEYS)):
             raise LoraftError(
                 f"--resume: {run.path} has finished its {run.read_summary().get('steps')} steps; "
                 "raise train.max_steps or train.epochs to train further"
@@ -178,6 +190,34 @@ def resume_point(recipe: Recipe, overwrite: bool) -> tuple[Path | None, bool]:
     restart = mode == "auto" and run.is_run() and not run.is_finished()
     RunDirectory.check_available(run.path, overwrite or restart)
     return None, overwrite or restart
+
+
+def check_inputs(recipe: Recipe, roots: list[Path], allowed: bool) -> list[str]:
+    """What changed in the inputs of the run being resumed (a one-line refusal unless `allowed`)."""
+    run = RunDirectory(recipe.run_dir)
+    recorded = read_fingerprint(run.inputs_path)
+    if recorded is None:  # a run from before loraft fingerprinted its inputs
+        return []
+    changed = changes(recorded, fingerprint(recipe, roots, run.base_model_path))
+    if changed and not allowed:
+        raise LoraftError(
+            f"--resume: the inputs of {run.path} changed since it started: {'; '.join(changed[:3])}; "
+            "resuming would mix two different runs (pass --allow-changed-inputs to do it anyway)"
+        )
+    return changed
+
+
+def record_inputs(
+    run: RunDirectory, recipe: Recipe, roots: list[Path], data_root, changed: list[str], step: int
+) -> None:
+    """Write the run's input fingerprint (and the data root it read them from); a resume that
+    was allowed to go on with changed inputs says so in metrics.jsonl."""
+    root = str(Path(data_root).expanduser().resolve()) if data_root else None
+    inputs = {"data_root": root, "inputs": fingerprint(recipe, roots, run.base_model_path)}
+    write_atomically(run.inputs_path, json.dumps(inputs, indent=2) + "\n")
+    if changed:
+        run.log({"kind": "note", "step": step, "changed_inputs": changed})
+        print(f"note: resuming with changed inputs (--allow-changed-inputs): {'; '.join(changed)}")
 
 
 def prepare_run(recipe: Recipe, task: Task, state: Path | None, overwrite: bool, accelerator: Accelerator):

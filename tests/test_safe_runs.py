@@ -195,3 +195,100 @@ def test_validate_never_runs_metric_code(tmp_path: Path, loraft) -> None:
     assert code == 2 and "--allow-local-metric-code" in err
     code, out, err = loraft("validate", recipe, "--no-data", "--allow-local-metric-code")
     assert code == 0 and "ok" in out and not marker.exists(), err
+
+
+def joker_copy(tmp_path: Path) -> Path:
+    """The shipped Joker data in a folder of the test's own, to change it."""
+    import shutil
+
+    from conftest import JOKER
+
+    data = tmp_path / "data" / "joker.jsonl"
+    data.parent.mkdir(parents=True)
+    shutil.copy(JOKER, data)
+    return data
+
+
+@pytest.mark.parametrize("change", ["cut", "extend", "rewrite", "base_weights", "tokenizer"])
+def test_a_resume_refuses_changed_inputs_unless_told(
+    change: str, tiny_model_dir: Path, tmp_path: Path, capsys
+) -> None:
+    import json
+    import shutil
+
+    data = joker_copy(tmp_path)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    run = tmp_path / "run"
+    overrides = [f"data.train={data}", "train.save_every=2"]
+    train_recipe(joker_recipe(model, run, "train.max_steps=2", *overrides))
+    (run / "summary.json").unlink()
+    lines = data.read_text().splitlines()
+    if change == "cut":
+        data.write_text("\n".join(lines[: len(lines) // 2]) + "\n")
+    elif change == "extend":
+        data.write_text(data.read_text() + lines[0] + "\n")
+    elif change == "rewrite":
+        data.write_text("\n".join(reversed(lines)) + "\n")
+    elif change == "base_weights":
+        weights = model / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-8] + bytes(8))
+    else:
+        config = json.loads((model / "tokenizer_config.json").read_text())
+        (model / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 7}))
+    resumed = [*overrides, "train.max_steps=4", "train.resume=true"]
+    what = "data.train" if change in ("cut", "extend", "rewrite") else "model/"
+    with pytest.raises(LoraftError, match=f"inputs of .* changed since it started: {what}"):
+        train_recipe(joker_recipe(model, run, *resumed))
+    if change == "cut":  # the rows it would need are gone: allowed or not, it cannot be that run
+        return
+    train_recipe(joker_recipe(model, run, *resumed), allow_changed_inputs=True)
+    notes = [
+        json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"note"' in line
+    ]
+    assert notes and notes[0]["step"] == 2 and what in notes[0]["changed_inputs"][0]
+
+
+def test_eval_says_when_a_run_s_inputs_changed_and_reads_its_data_root(
+    tiny_model_dir: Path, tmp_path: Path, loraft
+) -> None:
+    data = joker_copy(tmp_path)
+    run = tmp_path / "run"
+    code, _, err = loraft(
+        "train",
+        "recipes/joker.yaml",
+        f"model.name={tiny_model_dir}",
+        f"output_dir={run}",
+        "train.max_steps=2",
+        "eval.generate=false",
+        "data.train=joker.jsonl",
+        "--data-root",
+        data.parent,
+        "train.precision=fp32",
+    )
+    assert code == 0, err
+    code, out, err = loraft("eval", run)  # no --data-root: the run remembers where its data was
+    assert code == 0 and "inputs changed" not in out, err
+    data.write_text(data.read_text() + data.read_text().splitlines()[0] + "\n")
+    code, out, err = loraft("eval", run)
+    assert (
+        code == 0 and out.splitlines()[0].startswith("note: the inputs changed since") and "data.train" in out
+    )
+
+
+def test_a_copied_run_resumes_itself(tiny_model_dir: Path, tmp_path: Path, loraft, monkeypatch) -> None:
+    """`loraft train COPY/recipe.yaml --resume` continues COPY (not the run it was copied
+    from), from any working folder."""
+    import shutil
+
+    run = tmp_path / "run"
+    train_recipe(joker_recipe(tiny_model_dir, run, "train.max_steps=2", "train.save_every=2"))
+    (run / "summary.json").unlink()
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    before = (run / "metrics.jsonl").read_text()
+    monkeypatch.chdir(tmp_path / "copy")
+    code, _, err = loraft("train", copy / "recipe.yaml", "--resume", "train.max_steps=4")
+    assert code == 0, err
+    assert (copy / "summary.json").is_file() and not (run / "summary.json").exists()
+    assert (run / "metrics.jsonl").read_text() == before
