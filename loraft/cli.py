@@ -102,7 +102,7 @@ def train(
 
 @app.command()
 def validate(
-    recipes: Annotated[list[Path], typer.Argument(help="recipe files")],
+    recipes: Annotated[list[Path], typer.Argument(help="recipe files, then dotted overrides (key=value)")],
     data_root: DataRoot = None,
     no_data: Annotated[
         bool, typer.Option("--no-data", help="check the recipes only, not their data")
@@ -117,11 +117,13 @@ def validate(
     from loraft.recipe_files import CodeGrants, apply_grants, load_recipe
 
     grants = CodeGrants(trust_remote_code, allow_local_metric_code)
-
+    # key=value arguments that are not files are overrides, applied to every recipe (as train's)
+    overrides = [str(arg) for arg in recipes if "=" in str(arg) and not arg.exists()]
+    paths = [arg for arg in recipes if str(arg) not in overrides]
     failures = 0
-    for path in recipes:
+    for path in paths:
         try:
-            loaded = apply_grants(load_recipe(path), grants, path)
+            loaded = apply_grants(load_recipe(path, overrides), grants, path)
             check_recipe(loaded, None if no_data else data_roots(data_root))
             typer.echo(f"ok    {path} (task {loaded.task}, method {loaded.method})")
         except LoraftError as error:
@@ -491,9 +493,19 @@ def _run(args: list[str] | None) -> int:
     except typer.TyperException as error:  # usage errors: typer's own message and code
         error.show()
         return error.exit_code
+    except Exception as error:  # the disk, not loraft: full, read-only, over a size limit
+        from loraft.errors import unwritable
+
+        message = unwritable(error)
+        if message is None:
+            raise
+        typer.echo(f"error: {message}; free space or choose another output_dir", err=True)
+        return 2
     return code if isinstance(code, int) else 0
 
 
 def main() -> None:
     """The `loraft` console script and `python -m loraft`."""
+    # over `ulimit -f` a write fails with EFBIG (one line, above) instead of killing the process
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     sys.exit(run())

@@ -59,6 +59,7 @@ def check_eval(
     (before torch is imported): the run directory, recipe and data roots."""
     run = RunDirectory.open(run_dir)
     run.saved_checkpoint(checkpoint)
+    run.require_writable()  # eval-best/ or eval-last/ is written there
     recipe = run.read_recipe(overrides, grants)
     roots = data_roots(data_root or recorded_data_root(run))
     check_recipe(recipe, roots)

@@ -74,13 +74,15 @@ class ScratchConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _family_names(cls, values: Any) -> Any:
-        """`n_layer: 4` means `layers: 4` (the family's own names, e.g. GPT-2's)."""
+        """`n_layer: 4` means `layers: 4`: the config key names of every family (GPT-2's,
+        Llama's `num_hidden_layers`, ...) name the same neutral fields."""
         if not isinstance(values, dict):
             return values
-        family = FAMILIES.get(values.get("architecture", DEFAULT_ARCHITECTURE))
         renamed = dict(values)
-        for name, key in family.config_keys.items() if family else ():
-            if key and key in renamed and key != name:
+        families = FAMILIES.values()
+        aliases = {(key, name) for family in families for name, key in family.config_keys.items() if key}
+        for key, name in sorted(aliases):
+            if key in renamed and key != name:
                 if name in renamed:
                     raise ValueError(f"give {name} or {key}, not both (they are the same field)")
                 renamed[name] = renamed.pop(key)
@@ -127,7 +129,7 @@ class ModelSection(Section):
 
 
 class LoraSection(Section):
-    r: int = Field(8, ge=1, description="rank of the update matrices")
+    r: int = Field(8, ge=1, le=65536, description="rank of the update matrices; at most the layers' width")
     alpha: float = Field(16, gt=0, description="scaling numerator: the update is scaled by alpha/r")
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
     target_modules: list[str] | None = Field(

@@ -19,6 +19,9 @@ from pydantic import BaseModel, ValidationError
 from loraft.errors import LoraftError
 from loraft.recipe import Recipe, _is_model
 
+MAX_DEPTH = 32  # levels of nesting in a recipe file (its sections need 4)
+MAX_EXTENDS = 32  # files in one `extends:` chain
+
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe file, follow `extends:`, apply `key.sub=value` overrides, validate."""
@@ -56,8 +59,24 @@ def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
         if not isinstance(node[part], dict):
             raise LoraftError(f"override {override!r}: {part} is not a section")
         node = node[part]
-    node[parts[-1]] = value
+    # a mapping merges into the section it names (`lora={r: 2}` keeps lora.alpha), never resets
+    # it; a mapping that is a value (data.columns) is replaced whole
+    existing = node.get(parts[-1])
+    merges = isinstance(value, dict) and isinstance(existing, dict) and _names_a_section(parts)
+    node[parts[-1]] = deep_merge(existing, value) if merges else value
     return result
+
+
+def _names_a_section(parts: list[str]) -> bool:
+    """Whether a dotted key names a recipe section (a schema model), not a value."""
+    model: Any = Recipe
+    for part in parts:
+        field = model.model_fields.get(part) if _is_model(model) else None
+        if field is None:
+            return False
+        members = getattr(field.annotation, "__args__", (field.annotation,))
+        model = next((member for member in members if _is_model(member)), None)
+    return model is not None
 
 
 def parse_override(override: str) -> tuple[str, Any]:
@@ -112,6 +131,10 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         raise LoraftError(f"{path}: not UTF-8 text") from None
     except OSError as error:
         raise LoraftError(f"{path}: cannot read: {error.strerror or error}") from None
+    except RecursionError:
+        raise LoraftError(
+            f"{path}: nested deeper than YAML can be read; a recipe is a few levels deep"
+        ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}:" if mark else ""
@@ -123,11 +146,25 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         raise LoraftError(f"{path}: a recipe must be a mapping of keys, got {type(content).__name__}")
     if any(not isinstance(key, str) for key in content):
         raise LoraftError(f"{path}: every top-level key must be text")
+    if _depth(content) > MAX_DEPTH:
+        raise LoraftError(
+            f"{path}: nested {MAX_DEPTH}+ levels deep; a recipe's sections are a few levels deep"
+        )
     return content
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    """How deep mappings and lists nest (stops counting past MAX_DEPTH)."""
+    if level > MAX_DEPTH or not isinstance(value, dict | list):
+        return level
+    children = value.values() if isinstance(value, dict) else value
+    return max((_depth(child, level + 1) for child in children), default=level + 1)
 
 
 def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     resolved = path.resolve()
+    if len(seen) >= MAX_EXTENDS:
+        raise LoraftError(f"{path}: `extends` chains more than {MAX_EXTENDS} files; shorten the chain")
     if resolved in seen:
         chain = " -> ".join(str(p) for p in (*seen, resolved))
         raise LoraftError(f"{path}: `extends` forms a cycle: {chain}")

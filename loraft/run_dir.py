@@ -98,6 +98,7 @@ class RunDirectory:
         refuse_special_folder(run.path)
         if run.path.exists() and not run.path.is_dir():
             raise LoraftError(f"output_dir: {run.path} is a file, not a directory")
+        run.require_writable()
         if not run.path.is_dir() or not any(p.name != LOCK_FILE for p in run.path.iterdir()):
             return run
         if not run.is_run():
@@ -114,6 +115,24 @@ class RunDirectory:
                 "or choose another output_dir=..."
             )
         return run
+
+    def require_writable(self) -> None:
+        """Fail now, not after the model has loaded, when the folder cannot be written: the
+        folder itself, or the nearest folder above it that exists (a test write, which a
+        read-only file system refuses even to root)."""
+        import tempfile
+
+        folder = self.path.resolve()
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as error:
+            raise LoraftError(
+                f"output_dir: cannot write in {folder} ({error.strerror or error}); "
+                "choose another output_dir=..."
+            ) from None
 
     @classmethod
     def create(cls, path: str | Path, overwrite: bool = False) -> RunDirectory:

@@ -36,7 +36,7 @@ from transformers import PreTrainedTokenizerBase
 
 from loraft.batches import DataOrder, MicroBatch
 from loraft.checkpoint import save_checkpoint
-from loraft.errors import LoraftError
+from loraft.errors import LoraftError, unwritable
 from loraft.methods import method_of
 from loraft.recipe import Recipe
 from loraft.run_dir import RunDirectory
@@ -282,7 +282,25 @@ class Trainer:
         )
 
     def save_progress(self) -> None:
-        """`checkpoints/last` and a full training state (for --resume) at the current step."""
+        """`checkpoints/last` and a full training state (for --resume) at the current step; a
+        disk that refuses the write is one line saying what is left to resume from."""
+        try:
+            self._save_progress()
+        except Exception as error:
+            reason = unwritable(error)
+            if reason is None:
+                raise
+            states = RunDirectory(self.recipe.run_dir).train_state_path
+            if self.progress.saved_step:
+                kept = f"the last complete training state is step {self.progress.saved_step}'s (in {states})"
+                then = "--resume"
+            else:
+                kept, then = "no training state was saved yet", "start again with --overwrite"
+            raise LoraftError(
+                f"step {self.progress.step}: {reason}; {kept}; free space, then {then}"
+            ) from None
+
+    def _save_progress(self) -> None:
         tick = time.perf_counter()
         self.update_clock()
         self.save_weights("last")

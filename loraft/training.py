@@ -165,6 +165,7 @@ def resume_point(recipe: Recipe, overwrite: bool) -> tuple[Path | None, bool]:
         raise LoraftError("--overwrite and --resume (train.resume) contradict each other: pick one")
     if run.is_run():
         run.refuse_symlinks()  # before anything is read from it, or written into it
+        run.require_writable()
     states = saved_states(run.train_state_path) if mode and run.is_run() else []
     if states:
         saved = run.read_recipe()

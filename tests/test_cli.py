@@ -192,3 +192,21 @@ def test_importing_loraft_bounds_onednns_kernel_cache_unless_the_user_set_it() -
             env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = given
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
         assert done.stdout.strip() == expected, done.stderr
+
+
+def test_validate_takes_overrides_as_train_does(loraft) -> None:
+    code, out, _ = loraft("validate", RECIPES / "joker.yaml", "lora.r=4", "--no-data")
+    assert code == 0 and out.startswith("ok")
+    code, _, err = loraft("validate", RECIPES / "joker.yaml", "train.lrr=3", "--no-data")
+    assert code == 2 and "override 'train.lrr=3': unknown key 'train.lrr'; did you mean 'train.lr'?" in err
+
+
+def test_a_rank_wider_than_the_layers_is_one_line(tiny_model_dir, tmp_path, loraft) -> None:
+    code, _, err = loraft(
+        "train",
+        RECIPES / "joker.yaml",
+        f"model.name={tiny_model_dir}",
+        "lora.r=1000",
+        f"output_dir={tmp_path / 'run'}",
+    )
+    assert code == 2 and "lora.r: 1000 is more than the narrowest adapted layer's width (64)" in err

@@ -137,3 +137,30 @@ def test_errors_point_at_the_line_even_in_a_base_recipe(tmp_path: Path) -> None:
     with pytest.raises(LoraftError) as error:
         load_recipe(tmp_path / "variant.yaml")
     assert str(error.value).startswith(f"{tmp_path / 'base.yaml'}:4: unknown key 'train.lrr'")
+
+
+def test_recipes_nested_or_chained_past_a_sane_depth_are_one_line(tmp_path: Path) -> None:
+    deep = write(tmp_path, "task: text\nx: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(LoraftError, match="nested deeper than YAML can be read"):
+        load_recipe(deep)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text(
+        "task: text\n" + "".join("  " * i + f"a{i}:\n" for i in range(40)) + "  " * 40 + "b: 1\n"
+    )
+    with pytest.raises(LoraftError, match="nested 32\\+ levels deep"):
+        load_recipe(nested)
+    for index in range(100):
+        (tmp_path / f"c{index}.yaml").write_text(
+            f"extends: c{index + 1}.yaml\n" if index < 99 else "task: text\n"
+        )
+    with pytest.raises(LoraftError, match="`extends` chains more than 32 files"):
+        load_recipe(tmp_path / "c0.yaml")
+
+
+def test_a_mapping_override_merges_into_its_section_and_replaces_a_value() -> None:
+    recipe = load_recipe(RECIPES[0].parent / "joker.yaml", ["lora={r: 2}"])
+    assert (recipe.lora.r, recipe.lora.alpha) == (2, 16)  # alpha kept, not reset to its default
+    sst = load_recipe(RECIPES[0].parent / "sst-lora.yaml", ["data.columns={text: body}"])
+    assert sst.data.columns == {"text": "body"}  # a mapping that is a value: replaced whole
+    with pytest.raises(LoraftError, match="lora.r: Input should be less than or equal to 65536"):
+        load_recipe(RECIPES[0].parent / "joker.yaml", ["lora.r=100000000000000000000"])

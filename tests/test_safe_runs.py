@@ -292,3 +292,61 @@ def test_a_copied_run_resumes_itself(tiny_model_dir: Path, tmp_path: Path, loraf
     assert code == 0, err
     assert (copy / "summary.json").is_file() and not (run / "summary.json").exists()
     assert (run / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        OSError(28, "No space left on device", "model.safetensors"),
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4096 vs 1234"),
+    ],
+    ids=["ENOSPC", "torch-writer"],
+)
+def test_a_full_disk_is_one_line_naming_what_is_left(
+    failure: Exception, tiny_model_dir: Path, tmp_path: Path, monkeypatch, loraft
+) -> None:
+    from loraft import trainer as trainer_module
+
+    calls = []
+    real = trainer_module.save_training_state
+
+    def fails_the_second_time(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise failure
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "save_training_state", fails_the_second_time)
+    run = tmp_path / "run"
+    code, _, err = loraft(
+        "train",
+        "recipes/joker.yaml",
+        f"model.name={tiny_model_dir}",
+        f"output_dir={run}",
+        "train.max_steps=4",
+        "train.save_every=2",
+        "eval.generate=false",
+        "train.precision=fp32",
+    )
+    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]  # stderr: progress bar too
+    assert code == 2 and "Traceback" not in err
+    assert line.startswith("error: step 4: ") and "the last complete training state is step 2's" in err
+    assert ("no space left" in line) if isinstance(failure, OSError) else ("is the disk full?" in line)
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_the_model_loads(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch, loraft
+) -> None:
+    import tempfile
+
+    from loraft.models import loading
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(loading, "load_base_model", lambda *a, **k: pytest.fail("loaded"))
+    code, _, err = loraft(
+        "train", "recipes/joker.yaml", f"model.name={tiny_model_dir}", f"output_dir={tmp_path / 'r'}"
+    )
+    assert code == 2 and "output_dir: cannot write in" in err and "Read-only file system" in err

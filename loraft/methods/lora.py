@@ -57,7 +57,19 @@ class LoraMethod(Method):
             check_target_names(recipe.lora.target_modules, architecture_for(model_type), model_type)
 
     def check(self, model, recipe, kind) -> None:
+        """The targets match layers, and the rank is no larger than the narrowest of them (a
+        rank beyond it adds parameters and no expressiveness)."""
         self.config(model, recipe, kind)
+        modules = dict(model.named_modules())
+        layers = [name for names in self.targets(model, recipe).values() for name in names]
+        narrowest = min(min(modules[name].weight.shape) for name in layers)
+        if recipe.lora.r > narrowest:
+            from loraft.errors import LoraftError
+
+            raise LoraftError(
+                f"lora.r: {recipe.lora.r} is more than the narrowest adapted layer's width ({narrowest}); "
+                f"use {narrowest} or less"
+            )
 
     def apply(self, model, recipe, kind):
         from peft import get_peft_model
