@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from loraft.errors import LoraftError
 from loraft.methods import Method, method_of
 from loraft.models.loading import load_base_model
 from loraft.recipe import Recipe
@@ -76,4 +77,13 @@ def load_trained_model(
     tokenizer = load_tokenizer(str(directory))
     method, kind = method_of(recipe), recipe.task_kind
     base = load_base_model(recipe, kind, tokenizer, run.base_model_path) if method.needs_base else None
-    return method.load(base, directory, kind), tokenizer
+    try:
+        return method.load(base, directory, kind), tokenizer
+    except LoraftError:
+        raise
+    except Exception as error:  # a half-written or damaged weights file raises what its reader raises
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise LoraftError(
+            f"{directory}: cannot load the checkpoint ({reason}); if it is damaged, use the other "
+            "checkpoint (--checkpoint best|last) or resume from the training state to write it again"
+        ) from None

@@ -135,6 +135,10 @@ def _json_array(path: Path) -> list[dict]:
     return rows
 
 
+# csv's default limit is 128 KiB a field; a long document (a book chapter in one cell) is data
+csv.field_size_limit(2**31 - 1)
+
+
 def _read_delimited(
     path: Path, column_names: list[str] | None, preview: int | None
 ) -> tuple[list[str], list[int], list[dict[str, str]]]:

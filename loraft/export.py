@@ -30,6 +30,7 @@ def export_run(
 ) -> Path:
     """Write checkpoint `checkpoint` of a run to `out` (which must be new or empty); optionally push it."""
     from loraft.checkpoint import load_trained_model
+    from loraft.fingerprint import read_fingerprint
     from loraft.methods import method_of
 
     run, out = RunDirectory.open(run_dir), Path(out)
@@ -40,9 +41,14 @@ def export_run(
     family = architecture_name(model)
     exported, adapter = method_of(recipe).exported(model, merge)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".loraft-export-{out.name}-", dir=out.parent))  # new, own
+    prefix = f".loraft-export-{out.name}-"
+    for stale in out.parent.glob(f"{prefix}*"):  # left by an export that was killed mid-write
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))  # new, own
     try:
         if adapter:
+            point_adapter_at_its_base(exported, recipe, out)
             exported.save_pretrained(staging, save_embedding_layers=False)
             if recipe.model.config is not None:
                 shutil.copytree(run.base_model_path, staging / BASE_MODEL)
@@ -50,7 +56,8 @@ def export_run(
             exported.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         summary = run.read_summary() if run.is_finished() else {}
-        card = model_card(recipe, summary, checkpoint, adapter, family, tokenizer.pad_token_id)
+        local_data = "data.train" in (read_fingerprint(run.inputs_path) or {"data.train": True})
+        card = model_card(recipe, summary, checkpoint, adapter, family, tokenizer.pad_token_id, local_data)
         (staging / "README.md").write_text(card, encoding="utf-8")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # our own staging folder only
@@ -62,6 +69,21 @@ def export_run(
     if push_to_hub:
         push(out, push_to_hub)
     return out
+
+
+def point_adapter_at_its_base(model, recipe: Recipe, out: Path) -> None:
+    """`base_model_name_or_path` that resolves from anywhere: a hub id as it is, a local base
+    as its absolute path, a from-scratch base as the copy that travels with the export."""
+    from loraft.hub import is_local
+
+    if recipe.model.config is not None:
+        base = str(out.resolve() / BASE_MODEL)
+    elif is_local(recipe.model.name):
+        base = str(Path(recipe.model.name).expanduser().resolve())
+    else:
+        base = recipe.model.name
+    for config in model.peft_config.values():
+        config.base_model_name_or_path = base
 
 
 def architecture_name(model) -> tuple[str, str]:
@@ -80,6 +102,7 @@ def model_card(
     adapter: bool,
     family: tuple[str, str],
     pad_token_id: int | None = None,
+    local_data: bool = True,
 ) -> str:
     """A model card in the hub's format: YAML metadata, then what the model is and how it was made."""
     from huggingface_hub import ModelCardData
@@ -92,13 +115,13 @@ def model_card(
         base_model=base if base and not Path(base).exists() else None,
         pipeline_tag="text-classification" if classification else "text-generation",
         tags=["loraft", model_type, recipe.method, recipe.task],
-        datasets=[recipe.data.hub.id] if recipe.data.hub else None,
+        datasets=[recipe.data.hub.id] if recipe.data.hub and not local_data else None,
     )
     sections = [
         f"---\n{metadata.to_yaml()}\n---",
         f"# {recipe.name}\n\n{recipe.description or f'A {family_name} fine-tuned with loraft.'}",
         "## Model\n\n" + _bullets(_model_facts(recipe, summary, checkpoint, adapter, family_name)),
-        "## Data\n\n" + _bullets(_data_facts(recipe, summary)),
+        "## Data\n\n" + _bullets(_data_facts(recipe, summary, local_data)),
         "## Training\n\n" + _bullets(_training_facts(recipe, summary)),
     ]
     evaluated = summary.get("best_eval" if checkpoint == "best" else "final_eval", {})
@@ -157,9 +180,12 @@ def _model_facts(recipe: Recipe, summary: dict, checkpoint: str, adapter: bool, 
     return [*facts, f"Checkpoint: {checkpoint}"]
 
 
-def _data_facts(recipe: Recipe, summary: dict) -> list[str]:
+def _data_facts(recipe: Recipe, summary: dict, local_data: bool) -> list[str]:
     data = recipe.data
-    source = data.train or (data.hub.id if data.hub else "")
+    if local_data or data.hub is None:
+        source = f"{data.train} (a local file)" if data.train else ""
+    else:
+        source = f"the hub dataset {data.hub.id}"
     facts = [
         f"Task: {recipe.task}",
         f"Training data: {source}" + (f", eval: {data.eval}" if data.eval else ""),

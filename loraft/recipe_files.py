@@ -27,7 +27,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe file, follow `extends:`, apply `key.sub=value` overrides, validate."""
     path = Path(path)
     raw = _read_with_extends(path, seen=())
-    raw.setdefault("name", path.stem)
+    raw.setdefault("name", run_name_from(path.stem))
     with_overrides = raw
     for override in overrides or []:
         with_overrides = apply_override(with_overrides, override)
@@ -35,6 +35,13 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         return Recipe.model_validate(with_overrides)
     except ValidationError as error:
         raise LoraftError(_describe(error, path, raw, overrides or [])) from None
+
+
+def run_name_from(stem: str) -> str:
+    """A run name from any file name: what a folder name may not hold (spaces, accents, "/")
+    becomes "-" ("my recipé v2" -> "my-recip-v2"); "run" if nothing is left."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")
+    return name if name and name[0].isalnum() else f"run-{name}" if name else "run"
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,8 @@ from loraft.errors import LoraftError
 from loraft.recipe_files import NO_GRANTS, CodeGrants, load_recipe
 from loraft.run_dir import RunDirectory, write_atomically
 
+SWEEP_LOCK = ".loraft-sweep-lock"
+
 Launch = Callable[[list[str]], tuple[int, str]]  # loraft arguments -> (exit code, last error line)
 
 
@@ -93,6 +95,7 @@ def run_sweep(
     for note in notes:
         report(f"note: {note}")
     out.mkdir(parents=True, exist_ok=True)
+    lock = hold_sweep_lock(out)  # noqa: F841 - held open for the whole sweep
     for index, point in enumerate(points, start=1):
         run = RunDirectory(out / point.name)
         if run.is_finished():
@@ -148,10 +151,37 @@ def grant_flags(grants: CodeGrants) -> list[str]:
 
 
 def launch_process(arguments: list[str]) -> tuple[int, str]:
-    """`python -m loraft ARGUMENTS` in its own process: a crash stays there."""
-    done = subprocess.run([sys.executable, "-m", "loraft", *arguments], capture_output=True, text=True)
+    """`python -m loraft ARGUMENTS` in its own process: a crash stays there, and a sweep that is
+    killed takes its child with it (SIGTERM: the child saves its state, the next sweep resumes)."""
+    command = [sys.executable, "-m", "loraft", *arguments]
+    done = subprocess.run(command, capture_output=True, text=True, preexec_fn=die_with_parent)
     lines = [line for line in done.stderr.splitlines() if line.strip() and "%|" not in line]
     return done.returncode, lines[-1].strip().removeprefix("error: ") if done.returncode and lines else ""
+
+
+def die_with_parent() -> None:
+    """In the child, before it starts: Linux sends it SIGTERM when the sweep's process dies."""
+    import contextlib
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the child outlives a killed sweep
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def hold_sweep_lock(out: Path):
+    """One sweep at a time in a folder (released when the process exits, however it exits)."""
+    import fcntl
+
+    stream = (out / SWEEP_LOCK).open("a")
+    try:
+        fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        stream.close()
+        raise LoraftError(
+            f"--out: another loraft sweep is running in {out}; wait for it, or use another --out"
+        ) from None
+    return stream
 
 
 def _load(recipe_path: Path, overrides: list[str], combination: list[str]):

@@ -27,9 +27,10 @@ def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bo
         tokenizer = AutoTokenizer.from_pretrained(
             name, revision=revision, trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError) as error:
+    except Exception as error:  # a damaged tokenizer.json raises what its parser raises
         reason = _first_line(error)
-        raise LoraftError(f"model.tokenizer: cannot load '{name}': {reason}{offline_hint()}") from None
+        hint = "" if is_local(name) else offline_hint()  # a damaged local file is not about the hub
+        raise LoraftError(f"model.tokenizer: cannot load '{name}': {reason}{hint}") from None
     return ensure_pad_token(tokenizer)
 
 

@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import shutil
 import statistics
 from pathlib import Path
@@ -210,3 +211,42 @@ def test_a_rerun_skips_finished_points_resumes_or_restarts_the_others_and_surviv
     assert len(calls) == 2 and all("train.resume=auto" in call for call in calls)
     assert [point.status for point in points].count("finished") == 2
     assert resumable.is_finished() and restartable.is_finished()
+
+
+def test_a_second_sweep_on_one_folder_is_refused(tmp_path: Path) -> None:
+    from loraft.errors import LoraftError
+    from loraft.sweep import hold_sweep_lock
+
+    held = hold_sweep_lock(tmp_path)
+    with pytest.raises(LoraftError, match="another loraft sweep is running in"):
+        hold_sweep_lock(tmp_path)
+    held.close()
+    hold_sweep_lock(tmp_path).close()  # free again once the first one is gone
+
+
+def test_a_killed_sweep_takes_its_child_with_it(tmp_path: Path) -> None:
+    """The child of a sweep gets SIGTERM when the sweep dies (it then saves and stops)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import subprocess, sys; from loraft.sweep import die_with_parent; "
+        "sleeper = [sys.executable, '-c', 'import time; time.sleep(60)']; "
+        "child = subprocess.Popen(sleeper, preexec_fn=die_with_parent); "
+        "print(child.pid, flush=True); time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the child outlived the sweep")

@@ -88,11 +88,23 @@ def load_base_model(
             trust_remote_code=recipe.model.trust_remote_code,
             **options,
         )
-    except (OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0]
-        raise LoraftError(f"model.name: cannot load '{source}': {reason}{offline_hint()}") from None
+    except Exception as error:  # damaged weights or config raise whatever their reader raises
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        hint = "" if is_local(source) else offline_hint()
+        raise LoraftError(f"model.name: cannot load '{source}': {reason}{hint}") from None
+    check_vocabulary(base, tokenizer, source)
     base.config.pad_token_id = tokenizer.pad_token_id
     return with_fast_kernels(base)
+
+
+def check_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, source: str) -> None:
+    """A tokenizer with more tokens than the model has embeddings would index past them."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise LoraftError(
+            f"model.name: '{source}' has {rows:,} token embeddings but its tokenizer {len(tokenizer):,} "
+            "tokens; use the tokenizer the model was trained with (model.tokenizer)"
+        )
 
 
 def with_fast_kernels(model: PreTrainedModel) -> PreTrainedModel:
