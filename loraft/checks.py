@@ -41,6 +41,38 @@ def check_recipe(recipe: Recipe, roots: list[Path] | None = None) -> None:
         check_extra_metrics(recipe)
     if roots is not None:
         task_class(recipe, roots).check_data()
+        check_model_available(recipe)
+
+
+def check_model_available(recipe: Recipe) -> None:
+    """The model and tokenizer can be had: a local folder, the hub cache, or a hub that answers
+    (one connection, at most 3 s): not a download that fails after the data is read."""
+    from loraft.hub import hub_reachable, is_local, offline_hint
+
+    if recipe.study.run:  # a study of a run uses that run's model
+        return
+    files = {
+        "model.name": (recipe.model.name, "config.json"),
+        "model.tokenizer": (recipe.model.tokenizer, None),
+    }
+    for field, (name, marker) in files.items():
+        if (
+            not name
+            or is_local(name)
+            or _cached(name, marker or "tokenizer_config.json", recipe.model.revision)
+        ):
+            continue
+        if not hub_reachable():
+            raise LoraftError(f"{field}: '{name}' is not a local folder nor in the hub cache{offline_hint()}")
+
+
+def _cached(name: str, filename: str, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, filename, revision=revision), str)
+    except Exception:  # not a valid hub id: loading says so
+        return False
 
 
 def check_training(recipe: Recipe) -> None:

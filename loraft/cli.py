@@ -443,6 +443,8 @@ def _check_before_loading_torch(recipe, data_root: Path | None, overwrite: bool)
     from loraft.data import data_roots
     from loraft.run_dir import RunDirectory
 
+    if overwrite and recipe.train.resume is True:  # before anything is checked or loaded
+        raise LoraftError("--overwrite and --resume (train.resume) contradict each other: pick one")
     check_recipe(recipe, data_roots(data_root))
     if not recipe.train.resume:
         RunDirectory.check_available(recipe.run_dir, overwrite)

@@ -76,14 +76,15 @@ def test_recipe_loads_as_a_classification_task(name: str) -> None:
 
 
 def test_loraft_validate_accepts_every_classification_recipe(
-    loraft, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    loraft, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path
 ) -> None:
     """Quora's full files are not in ../shared/data (30-row samples are): offline, with no
     cached hub copy either, its recipes are one line each at once."""
     shared_file("cs224n/ids-cfimdb-train.csv")
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
     local = [RECIPES / name for name in CLASSIFICATION_RECIPES if not name.startswith("quora")]
-    code, out, err = loraft("validate", *local, "--data-root", SHARED_DATA)
+    mine = [f"model.name={tiny_model_dir}", "data.max_length=256"]  # gpt2 is not cached here
+    code, out, err = loraft("validate", *local, *mine, "--data-root", SHARED_DATA)
     assert code == 0, err
     assert out.count("ok ") == len(local)
     code, out, err = loraft("validate", RECIPES / "quora-lora.yaml", "--data-root", SHARED_DATA)

@@ -133,3 +133,12 @@ def test_a_missing_local_file_falls_back_to_the_recipe_hub_dataset(tmp_path: Pat
     train, evaluation = build_task(recipe, [tmp_path]).load_rows()
     assert asked == [("fancyzhx/ag_news", "train"), ("fancyzhx/ag_news", "test")]
     assert len(train) == 20 and evaluation[0]["text"].endswith("of test.")
+
+
+def test_a_field_over_128_kib_is_read(tmp_path: Path) -> None:
+    from loraft.data import read_table
+
+    path = tmp_path / "long.csv"
+    path.write_text("prompt,response\nhi," + "x" * 300_000 + "\n")
+    table = read_table(path, None, None)
+    assert len(table.rows[0]["response"]) == 300_000

@@ -164,3 +164,12 @@ def test_a_mapping_override_merges_into_its_section_and_replaces_a_value() -> No
     assert sst.data.columns == {"text": "body"}  # a mapping that is a value: replaced whole
     with pytest.raises(LoraftError, match="lora.r: Input should be less than or equal to 65536"):
         load_recipe(RECIPES[0].parent / "joker.yaml", ["lora.r=100000000000000000000"])
+
+
+def test_a_run_name_comes_from_any_file_name(tmp_path: Path) -> None:
+    for file_name, name in [
+        ("my recipe v2.yaml", "my-recipe-v2"),
+        ("recette-été.yaml", "recette-t"),
+        ("_x.yaml", "x"),
+    ]:
+        assert load_recipe(write(tmp_path, "task: text\n", file_name)).name == name

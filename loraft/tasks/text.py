@@ -28,14 +28,22 @@ class TextTask(TextFileTask):
             held_out = max(1, round(len(passages) * data.eval_fraction))
             passages, evaluation = passages[:-held_out], passages[-held_out:]
         if not passages:
-            raise LoraftError(f"data.train: '{data.train}' is too short to hold out an eval split")
+            count = len(evaluation)
+            raise LoraftError(
+                f"data.train: '{data.train}' has {count} passage{'s' * (count != 1)} (passages are split at "
+                "blank lines): too few to hold out an eval split; separate passages with blank lines, "
+                "or give data.eval"
+            )
         return passages, evaluation
 
     def tokenize(self, rows, tokenizer: PreTrainedTokenizerBase):
         from trl import pack_dataset
 
+        from loraft.tokenizer import encode_text, special_tokens_around
+
+        leading, _ = special_tokens_around(tokenizer)  # each passage starts as the tokenizer starts a text
         encoded = rows.map(
-            lambda row: {"input_ids": tokenizer(row["text"] + "\n\n")["input_ids"]},
+            lambda row: {"input_ids": leading + encode_text(tokenizer, row["text"] + "\n\n")},
             remove_columns=rows.column_names,
             keep_in_memory=True,
         )
