@@ -39,9 +39,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 def run_name_from(stem: str) -> str:
     """A run name from any file name: what a folder name may not hold (spaces, accents, "/")
-    becomes "-" ("my recipé v2" -> "my-recip-v2"); "run" if nothing is left."""
-    name = re.sub(r"-{2,}", "-", re.sub(r"[^A-Za-z0-9._-]+", "-", stem)).strip("-.")
-    return name if name and name[0].isalnum() else f"run-{name}" if name else "run"
+    becomes "-" ("my recipé v2" -> "my-recip-v2"), never at either end; "run" if nothing is left."""
+    name = re.sub(r"-{2,}", "-", re.sub(r"[^A-Za-z0-9._-]+", "-", stem)).strip("-._")
+    return name or "run"
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
