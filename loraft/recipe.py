@@ -115,7 +115,9 @@ class ModelSection(Section):
         8000, ge=300, description="vocabulary of a byte-level BPE trained on the recipe's data"
     )
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
-    trust_remote_code: bool = Field(False, description="allow custom modelling code from the hub")
+    trust_remote_code: bool = Field(
+        False, description="the model's own code; runs only with --trust-remote-code on the command line"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSection:
@@ -251,7 +253,7 @@ class EvalSection(Section):
         default_factory=list, description="extra Hugging Face evaluate metrics, e.g. evaluate:rouge"
     )
     allow_local_metric_code: bool = Field(
-        False, description="allow `evaluate:/local/dir` metrics, which run Python code from that folder"
+        False, description="set by --allow-local-metric-code: `evaluate:/local/dir` metrics run that code"
     )
 
 

@@ -112,6 +112,7 @@ def run_sweep(
             *(["--data-root", str(data_root)] if data_root else []),
             *grant_flags(grants),
         ]
+        wait_until_free(run)
         started = time.perf_counter()
         code, message = launch(arguments)
         point.status, point.message = ("finished", "") if code == 0 else ("failed", message)
@@ -167,6 +168,20 @@ def die_with_parent() -> None:
 
     with contextlib.suppress(OSError, AttributeError):  # not Linux: the child outlives a killed sweep
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def wait_until_free(run: RunDirectory, seconds: float = 60) -> None:
+    """A killed sweep's child may still be saving its state (it got SIGTERM): let it finish
+    before this sweep resumes the point, instead of failing it as busy."""
+    deadline = time.monotonic() + seconds
+    while run.is_run():
+        try:
+            with run.held():
+                return
+        except LoraftError:
+            if time.monotonic() > deadline:
+                return  # still busy: the child's own one-line refusal says so
+            time.sleep(0.5)
 
 
 def hold_sweep_lock(out: Path):

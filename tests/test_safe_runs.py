@@ -350,3 +350,59 @@ def test_a_folder_that_cannot_be_written_is_refused_before_the_model_loads(
         "train", "recipes/joker.yaml", f"model.name={tiny_model_dir}", f"output_dir={tmp_path / 'r'}"
     )
     assert code == 2 and "output_dir: cannot write in" in err and "Read-only file system" in err
+
+
+@pytest.mark.parametrize(
+    ("place", "damage", "message"),
+    [
+        (
+            "checkpoints/best/adapter_model.safetensors",
+            "truncate",
+            "checkpoints/best: cannot load the checkpoint",
+        ),
+        ("checkpoints/best/tokenizer.json", "wrong-structure", "model.tokenizer: cannot load"),
+        ("base/model.safetensors", "truncate", "model.name: cannot load"),
+        ("base/config.json", "list", "holds a JSON list, not a model config"),
+    ],
+)
+def test_damaged_files_in_a_run_or_its_base_are_one_line(
+    place: str, damage: str, message: str, runs: dict, tiny_model_dir: Path, tmp_path: Path, loraft
+) -> None:
+    import shutil
+
+    import yaml
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    run = tmp_path / "run"
+    shutil.copytree(runs["lora"], run)
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["model"]["name"], recipe["output_dir"] = str(base), str(run)
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    (run / "inputs.json").unlink(missing_ok=True)
+    path = tmp_path / place if place.startswith("base/") else run / place
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "list":
+        path.write_text("[1, 2]")
+    else:
+        path.write_text('{"version": "1.0", "model": 3}')
+    code, _, err = loraft("eval", run)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert "HF_HUB_OFFLINE" not in err  # a damaged local file is not about the hub
+
+
+def test_an_exported_adapter_loads_from_any_folder_and_stale_staging_goes(
+    runs: dict, tmp_path: Path, monkeypatch, loraft
+) -> None:
+    import json
+
+    stale = tmp_path / ".loraft-export-adapter-abc123"
+    stale.mkdir()
+    code, _, err = loraft("export", runs["lora"], "--out", tmp_path / "adapter")
+    assert code == 0, err
+    assert not stale.exists()  # an export killed mid-write left it; the next export clears it
+    base = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(base).is_absolute() and (Path(base) / "config.json").is_file()
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert "(a local file)" in card and "datasets:" not in card
