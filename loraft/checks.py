@@ -23,8 +23,9 @@ from loraft.recipe import GenerationSection, Recipe
 from loraft.text_metrics import parse_metric_spec
 
 
-def check_recipe(recipe: Recipe, roots: list[Path] | None = None) -> None:
-    """Raise the first mistake in `recipe` as a one-line `LoraftError`; `roots`: check data too."""
+def check_recipe(recipe: Recipe, roots: list[Path] | None = None, evaluation_only: bool = False) -> None:
+    """Raise the first mistake in `recipe` as a one-line `LoraftError`; `roots`: check data too
+    (`evaluation_only`: the files `loraft eval` reads)."""
     from loraft.tasks import TASK_CLASSES
 
     task_class = TASK_CLASSES[recipe.task]
@@ -40,7 +41,7 @@ def check_recipe(recipe: Recipe, roots: list[Path] | None = None) -> None:
             check_generation(recipe.decoder_settings(name), context, f"study.decoders.{name}")
         check_extra_metrics(recipe)
     if roots is not None:
-        task_class(recipe, roots).check_data()
+        task_class(recipe, roots, evaluation_only).check_data()
         check_model_available(recipe)
 
 

@@ -30,7 +30,7 @@ def evaluate_run(
     from loraft.training import eval_loader_for, make_accelerator
 
     note_changed_inputs(run, recipe, roots)
-    task = build_task(recipe, roots)
+    task = build_task(recipe, roots, evaluation_only=True)
     _, eval_rows = task.rows()
     model, tokenizer = load_trained_model(run, checkpoint, recipe)
     for line in task.fit_to_model(model):
@@ -62,7 +62,7 @@ def check_eval(
     run.require_writable()  # eval-best/ or eval-last/ is written there
     recipe = run.read_recipe(overrides, grants)
     roots = data_roots(data_root or recorded_data_root(run))
-    check_recipe(recipe, roots)
+    check_recipe(recipe, roots, evaluation_only=True)
     return run, recipe, roots
 
 
@@ -80,7 +80,11 @@ def note_changed_inputs(run: RunDirectory, recipe, roots: list[Path]) -> None:
     from loraft.fingerprint import changes, fingerprint, read_fingerprint
 
     recorded = read_fingerprint(run.inputs_path)
-    changed = changes(recorded, fingerprint(recipe, roots, run.base_model_path)) if recorded else []
+    now = fingerprint(recipe, roots, run.base_model_path)
+    if recorded and recipe.data.eval:  # eval reads its own file, not the training one
+        recorded.pop("data.train", None)
+        now.pop("data.train", None)
+    changed = changes(recorded, now) if recorded else []
     if changed:
         what = "; ".join(changed[:3])
         print(f"note: the inputs changed since {run.path} trained: {what}; these figures are not its own")

@@ -406,3 +406,18 @@ def test_an_exported_adapter_loads_from_any_folder_and_stale_staging_goes(
     assert Path(base).is_absolute() and (Path(base) / "config.json").is_file()
     card = (tmp_path / "adapter" / "README.md").read_text()
     assert "(a local file)" in card and "datasets:" not in card
+
+
+def test_eval_reads_only_the_files_it_needs(tiny_model_dir: Path, tmp_path: Path, loraft) -> None:
+    """A run with its own eval file is evaluated with the training file gone."""
+    from conftest import JOKER
+
+    lines = JOKER.read_text().splitlines()
+    (tmp_path / "train.jsonl").write_text("\n".join(lines[:-8]) + "\n")
+    (tmp_path / "eval.jsonl").write_text("\n".join(lines[-8:]) + "\n")
+    run = tmp_path / "run"
+    overrides = [f"data.train={tmp_path / 'train.jsonl'}", f"data.eval={tmp_path / 'eval.jsonl'}"]
+    train_recipe(joker_recipe(tiny_model_dir, run, "train.max_steps=2", *overrides))
+    (tmp_path / "train.jsonl").unlink()
+    code, out, err = loraft("eval", run, "--json")
+    assert code == 0 and "inputs changed" not in out, err

@@ -21,6 +21,7 @@ TASK_CLASSES: dict[str, type[Task]] = {
 }
 
 
-def build_task(recipe: Recipe, roots: list[Path]) -> Task:
-    """The task object for a recipe."""
-    return TASK_CLASSES[recipe.task](recipe, roots)
+def build_task(recipe: Recipe, roots: list[Path], evaluation_only: bool = False) -> Task:
+    """The task object for a recipe (`evaluation_only`: `loraft eval`, which needs no train file
+    when the recipe has its own eval file)."""
+    return TASK_CLASSES[recipe.task](recipe, roots, evaluation_only)

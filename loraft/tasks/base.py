@@ -43,10 +43,12 @@ class Task(ABC):
     data_fields: ClassVar[tuple[str, ...]] = ()  # which of OPTIONAL_DATA_FIELDS the task reads
     reads_tables: ClassVar[bool] = True  # CSV/TSV/JSON Lines files, or a hub dataset instead
 
-    def __init__(self, recipe: Recipe, roots: list[Path]) -> None:
+    def __init__(self, recipe: Recipe, roots: list[Path], evaluation_only: bool = False) -> None:
         self.recipe = recipe
         self.roots = roots
         self._rows = None
+        # `loraft eval` of a recipe with its own eval file reads that file alone, not data.train
+        self.evaluation_only = evaluation_only and bool(recipe.data.eval)
 
     # --- checks before anything runs ------------------------------------------------------
 
@@ -80,7 +82,8 @@ class Task(ABC):
     def reads_hub(self) -> bool:
         """True when the training file is absent and the recipe's hub dataset stands in."""
         data = self.recipe.data
-        return data.hub is not None and (not data.train or find_data_file(data.train, self.roots) is None)
+        needed = data.eval if self.evaluation_only else data.train
+        return data.hub is not None and (not needed or find_data_file(needed, self.roots) is None)
 
     # --- data ---------------------------------------------------------------------------
 
@@ -100,8 +103,11 @@ class Task(ABC):
         `data.seed` (never `train.seed`) picks the held-out split and the sampled rows.
         """
         train_table, eval_table = self._read_tables(preview)
-        train = to_dataset(self.rows_from_table(train_table), train_table.where)
         data = self.recipe.data
+        if train_table is None:  # evaluation only
+            evaluation = to_dataset(self.rows_from_table(eval_table), eval_table.where)
+            return to_dataset([], "data.train"), sample_rows(evaluation, data.eval_size, data.seed)
+        train = to_dataset(self.rows_from_table(train_table), train_table.where)
         if eval_table is None:
             if len(train) < 2:
                 raise LoraftError(
@@ -170,13 +176,17 @@ class Task(ABC):
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _read_tables(self, preview: int | None = None) -> tuple[Table, Table | None]:
+    def _read_tables(self, preview: int | None = None) -> tuple[Table | None, Table | None]:
         """The train and eval tables: local files when present, else the recipe's hub dataset."""
         data = self.recipe.data
         if self.reads_hub():
             why = self._why_hub()
             return load_hub_split(data.hub, data.hub.train_split, why), load_hub_split(
                 data.hub, data.hub.eval_split, why
+            )
+        if self.evaluation_only:
+            return None, read_table(
+                require_data_file("data.eval", data.eval, self.roots), self.column_names(), preview
             )
         train = read_table(
             require_data_file("data.train", data.train, self.roots), self.column_names(), preview

@@ -78,8 +78,8 @@ class CausalLMTask(Task):
                 stream.write(json.dumps(record) + "\n")
         return score_generations(hypotheses, references, self.recipe.eval.metrics)
 
-    def __init__(self, recipe, roots) -> None:
-        super().__init__(recipe, roots)
+    def __init__(self, recipe, roots, evaluation_only: bool = False) -> None:
+        super().__init__(recipe, roots, evaluation_only)
         self.packing = recipe.data.packing  # turned off for a model that cannot pack
 
     def fit_to_model(self, model: torch.nn.Module) -> list[str]:

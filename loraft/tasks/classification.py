@@ -70,8 +70,8 @@ class ClassificationTask(Task):
         if len(set(labels)) != len(labels):
             raise LoraftError(f"data.labels: label names repeat: {labels}")
 
-    def __init__(self, recipe: Recipe, roots: list[Path]) -> None:
-        super().__init__(recipe, roots)
+    def __init__(self, recipe: Recipe, roots: list[Path], evaluation_only: bool = False) -> None:
+        super().__init__(recipe, roots, evaluation_only)
         self.check_recipe(recipe)
         labels = [str(label) for label in recipe.data.labels]
         self.labels = labels

@@ -45,6 +45,8 @@ class SonnetsTask(TextFileTask):
 
     def texts(self) -> tuple[list[str], list[str]]:
         data = self.recipe.data
+        if self.evaluation_only:
+            return [], read_sonnets(require_data_file("data.eval", data.eval, self.roots))
         train = read_sonnets(require_data_file("data.train", data.train, self.roots))
         if data.eval:
             evaluation = read_sonnets(require_data_file("data.eval", data.eval, self.roots))

@@ -21,6 +21,8 @@ class TextTask(TextFileTask):
 
     def texts(self) -> tuple[list[str], list[str]]:
         data = self.recipe.data
+        if self.evaluation_only:
+            return [], _passages(read_text(require_data_file("data.eval", data.eval, self.roots)))
         passages = _passages(read_text(require_data_file("data.train", data.train, self.roots)))
         if data.eval:
             evaluation = _passages(read_text(require_data_file("data.eval", data.eval, self.roots)))
