@@ -209,7 +209,11 @@ def joker_copy(tmp_path: Path) -> Path:
     return data
 
 
-@pytest.mark.parametrize("change", ["cut", "extend", "rewrite", "base_weights", "tokenizer"])
+def lines_of(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+@pytest.mark.parametrize("change", ["cut", "extend", "rewrite", "eval_file", "base_weights", "tokenizer"])
 def test_a_resume_refuses_changed_inputs_unless_told(
     change: str, tiny_model_dir: Path, tmp_path: Path, capsys
 ) -> None:
@@ -220,7 +224,8 @@ def test_a_resume_refuses_changed_inputs_unless_told(
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     run = tmp_path / "run"
-    overrides = [f"data.train={data}", "train.save_every=2"]
+    (data.parent / "eval.jsonl").write_text("\n".join(lines_of(data)[-6:]) + "\n")
+    overrides = [f"data.train={data}", f"data.eval={data.parent / 'eval.jsonl'}", "train.save_every=2"]
     train_recipe(joker_recipe(model, run, "train.max_steps=2", *overrides))
     (run / "summary.json").unlink()
     lines = data.read_text().splitlines()
@@ -230,6 +235,8 @@ def test_a_resume_refuses_changed_inputs_unless_told(
         data.write_text(data.read_text() + lines[0] + "\n")
     elif change == "rewrite":
         data.write_text("\n".join(reversed(lines)) + "\n")
+    elif change == "eval_file":
+        (tmp_path / "data" / "eval.jsonl").write_text("\n".join(lines[:6]) + "\n")
     elif change == "base_weights":
         weights = model / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[:-8] + bytes(8))
@@ -237,7 +244,9 @@ def test_a_resume_refuses_changed_inputs_unless_told(
         config = json.loads((model / "tokenizer_config.json").read_text())
         (model / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 7}))
     resumed = [*overrides, "train.max_steps=4", "train.resume=true"]
-    what = "data.train" if change in ("cut", "extend", "rewrite") else "model/"
+    what = {"eval_file": "data.eval", "base_weights": "model/", "tokenizer": "model/"}.get(
+        change, "data.train"
+    )
     with pytest.raises(LoraftError, match=f"inputs of .* changed since it started: {what}"):
         train_recipe(joker_recipe(model, run, *resumed))
     if change == "cut":  # the rows it would need are gone: allowed or not, it cannot be that run
@@ -421,3 +430,43 @@ def test_eval_reads_only_the_files_it_needs(tiny_model_dir: Path, tmp_path: Path
     (tmp_path / "train.jsonl").unlink()
     code, out, err = loraft("eval", run, "--json")
     assert code == 0 and "inputs changed" not in out, err
+
+
+def test_a_resume_from_another_data_root_with_other_files_is_refused(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The same relative path under another --data-root is another file: refused; a copy of the
+    same bytes there is the same input."""
+    first = joker_copy(tmp_path / "one")
+    second = joker_copy(tmp_path / "two")
+    run = tmp_path / "run"
+    train_recipe(
+        joker_recipe(
+            tiny_model_dir, run, "data.train=joker.jsonl", "train.max_steps=2", "train.save_every=2"
+        ),
+        data_root=first.parent,
+    )
+    (run / "summary.json").unlink()
+    resumed = ["data.train=joker.jsonl", "train.max_steps=4", "train.save_every=2", "train.resume=true"]
+    train_recipe(
+        joker_recipe(tiny_model_dir, run, *resumed, "train.max_steps=3"), data_root=second.parent
+    )  # same bytes
+    second.write_text("\n".join(reversed(lines_of(second))) + "\n")
+    with pytest.raises(LoraftError, match="changed since it started: data.train \\(content changed"):
+        train_recipe(joker_recipe(tiny_model_dir, run, *resumed), data_root=second.parent)
+
+
+def test_a_tokenizer_larger_than_the_model_s_embeddings_is_one_line(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.add_tokens([f"<extra-{index}>" for index in range(50)])
+    tokenizer.save_pretrained(model)
+    with pytest.raises(LoraftError, match="has 1,000 token embeddings but its tokenizer 1,050 tokens"):
+        train_recipe(joker_recipe(model, tmp_path / "run", "train.max_steps=1"))
