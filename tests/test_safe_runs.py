@@ -197,6 +197,12 @@ def test_validate_never_runs_metric_code(tmp_path: Path, loraft) -> None:
     assert code == 0 and "ok" in out and not marker.exists(), err
 
 
+def train_args(model: Path, run: Path, *overrides: str) -> list:
+    """`loraft train` of the Joker recipe on `model` into `run`, quick and in fp32."""
+    quick = ["eval.generate=false", "train.precision=fp32"]
+    return ["train", "recipes/joker.yaml", f"model.name={model}", f"output_dir={run}", *quick, *overrides]
+
+
 def joker_copy(tmp_path: Path) -> Path:
     """The shipped Joker data in a folder of the test's own, to change it."""
     import shutil
@@ -264,16 +270,9 @@ def test_eval_says_when_a_run_s_inputs_changed_and_reads_its_data_root(
     data = joker_copy(tmp_path)
     run = tmp_path / "run"
     code, _, err = loraft(
-        "train",
-        "recipes/joker.yaml",
-        f"model.name={tiny_model_dir}",
-        f"output_dir={run}",
-        "train.max_steps=2",
-        "eval.generate=false",
-        "data.train=joker.jsonl",
+        *train_args(tiny_model_dir, run, "train.max_steps=2", "data.train=joker.jsonl"),
         "--data-root",
         data.parent,
-        "train.precision=fp32",
     )
     assert code == 0, err
     code, out, err = loraft("eval", run)  # no --data-root: the run remembers where its data was
@@ -327,16 +326,7 @@ def test_a_full_disk_is_one_line_naming_what_is_left(
 
     monkeypatch.setattr(trainer_module, "save_training_state", fails_the_second_time)
     run = tmp_path / "run"
-    code, _, err = loraft(
-        "train",
-        "recipes/joker.yaml",
-        f"model.name={tiny_model_dir}",
-        f"output_dir={run}",
-        "train.max_steps=4",
-        "train.save_every=2",
-        "eval.generate=false",
-        "train.precision=fp32",
-    )
+    code, _, err = loraft(*train_args(tiny_model_dir, run, "train.max_steps=4", "train.save_every=2"))
     (line,) = [line for line in err.splitlines() if line.startswith("error: ")]  # stderr: progress bar too
     assert code == 2 and "Traceback" not in err
     assert line.startswith("error: step 4: ") and "the last complete training state is step 2's" in err
