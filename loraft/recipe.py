@@ -141,6 +141,13 @@ class LoraSection(Section):
         "all-linear; null: the family's default (PEFT's)",
     )
     bias: Literal["none", "all", "lora_only"] = Field("none", description="which biases train")
+    use_rslora: bool = Field(False, description="rsLoRA: scale the update by alpha/sqrt(r), not alpha/r")
+    use_dora: bool = Field(
+        False, description="DoRA: a learnt magnitude per output, LoRA for the direction (slower steps)"
+    )
+    plus_lr_ratio: float | None = Field(
+        None, ge=1, le=1e4, description="LoRA+: the B matrices learn this many times train.lr; null: off"
+    )
 
     @field_validator("target_modules")
     @classmethod

@@ -282,9 +282,7 @@ def training_parts(
         len(train_set), train.batch_size, train.grad_accum, accelerator.num_processes, train.seed, lengths
     )
     total_steps = order.total_steps(recipe.train.epochs, recipe.train.max_steps)
-    # fused: one kernel for all parameters; on a CPU, 8x faster than the per-tensor loop
-    groups = parameter_groups(model, recipe.train.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=recipe.train.lr, fused=True)
+    optimizer = method_of(recipe).optimizer(model, recipe)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, round(recipe.train.warmup_ratio * total_steps), total_steps
     )
@@ -312,18 +310,6 @@ def periodic_eval_set(recipe: Recipe, eval_set):
     if size is None or size >= len(eval_set):
         return eval_set
     return eval_set.shuffle(seed=recipe.data.seed).select(range(size))
-
-
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases and LayerNorm weights (1-D tensors)."""
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
 
 
 def resume_trainer(trainer: Trainer, state: Path) -> None:

@@ -46,6 +46,8 @@ class LoraMethod(Method):
             lora_dropout=recipe.lora.dropout,
             target_modules=layers,
             bias=recipe.lora.bias,
+            use_rslora=recipe.lora.use_rslora,
+            use_dora=recipe.lora.use_dora,
             fan_in_fan_out=stores_transposed(model, layers),
         )
 
@@ -83,13 +85,39 @@ class LoraMethod(Method):
         return [f"lora targets: {describe_targets(self.targets(base, recipe))}"]
 
     def label(self, recipe) -> str:
-        return f"lora r={recipe.lora.r} {self._targets_label(recipe)}"
+        """`lora r=8 attention`, `dora r=8 all-linear`, `rslora r=64 mlp lora+16`."""
+        plus = f" lora+{recipe.lora.plus_lr_ratio:g}" if recipe.lora.plus_lr_ratio else ""
+        return f"{self._variant(recipe)} r={recipe.lora.r} {self._targets_label(recipe)}{plus}"
 
     def settings(self, recipe) -> dict:
         return {"rank": recipe.lora.r, "targets": self._targets_label(recipe)}
 
     def frontier_line(self, recipe) -> str | None:
-        return f"lora {self._targets_label(recipe)}"
+        """One line a variant on one set of targets: its ranks along it."""
+        plus = f" lora+{recipe.lora.plus_lr_ratio:g}" if recipe.lora.plus_lr_ratio else ""
+        return f"{self._variant(recipe)} {self._targets_label(recipe)}{plus}"
+
+    def optimizer(self, model, recipe):
+        """LoRA+ (Hayou et al. 2024): the B matrices, and PEFT's 1-D parameters with them, learn
+        `plus_lr_ratio` times faster; PEFT's own grouping (`create_loraplus_optimizer`)."""
+        if not recipe.lora.plus_lr_ratio:
+            return super().optimizer(model, recipe)
+        import torch
+        from peft.optimizers import create_loraplus_optimizer
+
+        return create_loraplus_optimizer(
+            model,
+            torch.optim.AdamW,
+            lr=recipe.train.lr,
+            loraplus_lr_ratio=recipe.lora.plus_lr_ratio,
+            weight_decay=recipe.train.weight_decay,
+            fused=True,
+        )
+
+    @staticmethod
+    def _variant(recipe) -> str:
+        """lora, dora, rslora or rsdora."""
+        return ("rs" if recipe.lora.use_rslora else "") + ("dora" if recipe.lora.use_dora else "lora")
 
     def save(self, directory: Path, model, state_dict: dict) -> None:
         # save_embedding_layers=False: "auto" would look the base model up on the hub.
@@ -105,9 +133,18 @@ class LoraMethod(Method):
 
     def card_facts(self, recipe) -> list[str]:
         lora = recipe.lora
+        variants = [
+            *(["rsLoRA scaling (alpha/sqrt(r))"] if lora.use_rslora else []),
+            *(["DoRA (magnitude and direction)"] if lora.use_dora else []),
+            *(
+                [f"LoRA+ (B matrices at {lora.plus_lr_ratio:g}x the learning rate)"]
+                if lora.plus_lr_ratio
+                else []
+            ),
+        ]
         return [
             f"LoRA: rank {lora.r}, alpha {lora.alpha:g}, dropout {lora.dropout:g}, "
-            f"targets {self._targets_label(recipe, ', ')}"
+            f"targets {self._targets_label(recipe, ', ')}" + (f"; {', '.join(variants)}" if variants else "")
         ]
 
     @staticmethod

@@ -1,0 +1,133 @@
+"""The LoRA variants (rsLoRA, DoRA, LoRA+) get what plain LoRA has: PEFT's counts, a falling
+loss, exports that reload to the trained logits, an exact resume, and labels that say them.
+On GPT-2 in the default suite, on Llama too with `-m matrix` (as `.ci/run` runs it)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel
+from test_families import case_recipe, logits_of, train_losses, trainable_weights
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from loraft.export import export_run
+from loraft.methods import METHODS
+from loraft.models.loading import count_parameters
+from loraft.trainer import Trainer
+from loraft.training import train_recipe
+
+VARIANTS = {
+    "rslora": ["lora.use_rslora=true"],
+    "dora": ["lora.use_dora=true"],
+    "lora+": ["lora.plus_lr_ratio=16"],
+}
+
+
+@pytest.mark.parametrize("family", ["gpt2", pytest.param("llama", marks=pytest.mark.matrix)])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_each_variant_trains_exports_and_resumes(
+    variant: str, family: str, family_dirs: dict, tmp_path: Path, monkeypatch
+) -> None:
+    model_dir = family_dirs[family]
+    settings = [*VARIANTS[variant], "train.lr=5e-3"]
+
+    def recipe(run: str, *more: str):
+        return case_recipe(model_dir, tmp_path / run, "causal_lm", "lora", True, tmp_path, *settings, *more)
+
+    result = train_recipe(recipe("whole"))
+    losses = train_losses(tmp_path / "whole")
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+    assert count_parameters(result.model) == result.model.get_nb_trainable_parameters()  # PEFT's count
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "whole" / "checkpoints" / "last")
+    expected = logits_of(result.model, tokenizer)
+    merged = export_run(tmp_path / "whole", tmp_path / "merged", merge=True, checkpoint="last")
+    torch.testing.assert_close(
+        logits_of(AutoModelForCausalLM.from_pretrained(merged), tokenizer), expected, rtol=1e-5, atol=1e-5
+    )
+    adapter = export_run(tmp_path / "whole", tmp_path / "adapter", checkpoint="last")
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter)
+    torch.testing.assert_close(logits_of(reloaded, tokenizer), expected, rtol=1e-5, atol=1e-5)
+
+    real_step = Trainer.train_step
+
+    def crash_after_step_3(self, step):
+        outcome = real_step(self, step)
+        if step == 3:
+            raise KeyboardInterrupt
+        return outcome
+
+    monkeypatch.setattr(Trainer, "train_step", crash_after_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_recipe(recipe("crashed"))
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    resumed = train_recipe(recipe("crashed", "train.resume=true"))
+    np.testing.assert_allclose(train_losses(tmp_path / "crashed"), losses, rtol=1e-6)
+    for name, weight in trainable_weights(resumed.model).items():
+        torch.testing.assert_close(weight, trainable_weights(result.model)[name], rtol=1e-5, atol=1e-6)
+
+
+def test_rslora_scales_by_the_square_root_of_the_rank(family_dirs: dict, tmp_path: Path) -> None:
+    from loraft.methods import apply_method
+
+    for rslora, scale in ((False, 16 / 4), (True, 16 / math.sqrt(4))):
+        recipe = case_recipe(
+            family_dirs["gpt2"],
+            tmp_path,
+            "causal_lm",
+            "lora",
+            True,
+            tmp_path,
+            "lora.r=4",
+            "lora.alpha=16",
+            f"lora.use_rslora={str(rslora).lower()}",
+        )
+        model = apply_method(AutoModelForCausalLM.from_pretrained(family_dirs["gpt2"]), recipe, "causal_lm")
+        layer = model.base_model.model.transformer.h[0].attn.c_attn
+        assert layer.scaling["default"] == pytest.approx(scale)
+
+
+def test_lora_plus_gives_the_b_matrices_ratio_times_the_rate(family_dirs: dict, tmp_path: Path) -> None:
+    from loraft.methods import apply_method
+
+    recipe = case_recipe(
+        family_dirs["llama"],
+        tmp_path,
+        "causal_lm",
+        "lora",
+        True,
+        tmp_path,
+        "lora.plus_lr_ratio=16",
+        "train.lr=1e-3",
+    )
+    model = apply_method(AutoModelForCausalLM.from_pretrained(family_dirs["llama"]), recipe, "causal_lm")
+    optimizer = METHODS["lora"].optimizer(model, recipe)
+    rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            assert rates[id(parameter)] == pytest.approx(16e-3), name
+        elif "lora_A" in name:
+            assert rates[id(parameter)] == pytest.approx(1e-3), name
+
+
+def test_labels_say_the_variant(tmp_path: Path, family_dirs: dict) -> None:
+    lora = METHODS["lora"]
+    dora = case_recipe(
+        family_dirs["gpt2"], tmp_path, "causal_lm", "lora", True, tmp_path, "lora.use_dora=true"
+    )
+    assert lora.label(dora) == "dora r=4 all-linear"
+    both = case_recipe(
+        family_dirs["gpt2"],
+        tmp_path,
+        "causal_lm",
+        "lora",
+        True,
+        tmp_path,
+        "lora.use_rslora=true",
+        "lora.plus_lr_ratio=16",
+    )
+    assert lora.label(both) == "rslora r=4 all-linear lora+16"
