@@ -303,6 +303,7 @@ def sweep(
 
     folder = out or default_run_dir(f"sweep-{recipe.stem}")
     if dry_run:
+        _quiet_libraries()
         points, notes = sweep_points(recipe, overrides or [], parse_grid(grid or []), seeds)
         for note in notes:
             typer.echo(f"note: {note}")

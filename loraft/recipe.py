@@ -159,6 +159,21 @@ class LoraSection(Section):
         return names
 
 
+class IA3Section(Section):
+    """`method: ia3`: which layers' activations are rescaled."""
+
+    target_modules: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="layers, as for lora.target_modules; null: the family's default (PEFT's)",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _distinct_names(cls, names: list[str] | None) -> list[str] | None:
+        return LoraSection._distinct_names(names)
+
+
 class HubData(Section):
     id: str = Field(description="hub dataset id, e.g. fancyzhx/ag_news")
     config: str | None = Field(None, description="dataset configuration, e.g. mrpc for nyu-mll/glue")
@@ -315,6 +330,7 @@ class Recipe(Section):
     )
     model: ModelSection = Field(default_factory=ModelSection)
     lora: LoraSection = Field(default_factory=LoraSection)
+    ia3: IA3Section = Field(default_factory=IA3Section)
     data: DataSection = Field(default_factory=DataSection)
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)

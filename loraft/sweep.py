@@ -64,9 +64,11 @@ def sweep_points(
         combination = [c for c in given if not c.startswith(others)]  # settings of other methods
         key = point_key(recipe)
         if key in seen:
+            dropped = sorted({c.split("=")[0].split(".")[0] + ".*" for c in given if c.startswith(others)})
+            verb = "means" if len(dropped) == 1 else "mean"
             notes.append(
-                f"{' '.join(given)} is the same run as {seen[key]} ({', '.join(o + '*' for o in others)} "
-                f"means nothing for method {recipe.method}): run once"
+                f"{' '.join(given)} is the same run as {seen[key]} ({', '.join(dropped)} {verb} nothing "
+                f"for method {recipe.method}): run once"
             )
             continue
         seen[key] = " ".join(given)

@@ -20,10 +20,11 @@ from loraft.models.loading import count_parameters
 from loraft.trainer import Trainer
 from loraft.training import train_recipe
 
-VARIANTS = {
-    "rslora": ["lora.use_rslora=true"],
-    "dora": ["lora.use_dora=true"],
-    "lora+": ["lora.plus_lr_ratio=16"],
+VARIANTS = {  # name -> (method, its settings)
+    "rslora": ("lora", ["lora.use_rslora=true"]),
+    "dora": ("lora", ["lora.use_dora=true"]),
+    "lora+": ("lora", ["lora.plus_lr_ratio=16"]),
+    "ia3": ("ia3", ["train.lr=3e-2"]),  # PEFT's default targets for the family
 }
 
 
@@ -33,10 +34,11 @@ def test_each_variant_trains_exports_and_resumes(
     variant: str, family: str, family_dirs: dict, tmp_path: Path, monkeypatch
 ) -> None:
     model_dir = family_dirs[family]
-    settings = [*VARIANTS[variant], "train.lr=5e-3"]
+    method, settings = VARIANTS[variant]
+    settings = ["train.lr=5e-3", *settings]
 
     def recipe(run: str, *more: str):
-        return case_recipe(model_dir, tmp_path / run, "causal_lm", "lora", True, tmp_path, *settings, *more)
+        return case_recipe(model_dir, tmp_path / run, "causal_lm", method, True, tmp_path, *settings, *more)
 
     result = train_recipe(recipe("whole"))
     losses = train_losses(tmp_path / "whole")
@@ -112,6 +114,20 @@ def test_lora_plus_gives_the_b_matrices_ratio_times_the_rate(family_dirs: dict, 
             assert rates[id(parameter)] == pytest.approx(16e-3), name
         elif "lora_A" in name:
             assert rates[id(parameter)] == pytest.approx(1e-3), name
+
+
+def test_ia3_counts_as_peft_does_with_its_gpt2_defaults(family_dirs: dict, tmp_path: Path) -> None:
+    """c_attn's output and the MLP's c_proj input are scaled: 2,304 + 3,072 a block in GPT-2
+    small, 64 x 3 + 256 a block here (the MLP's input width is 4 x 64)."""
+    from loraft.methods import apply_method
+
+    recipe = case_recipe(family_dirs["gpt2"], tmp_path, "causal_lm", "ia3", True, tmp_path)
+    model = apply_method(AutoModelForCausalLM.from_pretrained(family_dirs["gpt2"]), recipe, "causal_lm")
+    assert model.get_nb_trainable_parameters()[0] == 2 * (3 * 64 + 4 * 64)
+    assert model.peft_config["default"].feedforward_modules == {
+        "transformer.h.0.mlp.c_proj",
+        "transformer.h.1.mlp.c_proj",
+    }
 
 
 def test_labels_say_the_variant(tmp_path: Path, family_dirs: dict) -> None:

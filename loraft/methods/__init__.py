@@ -10,9 +10,12 @@ from __future__ import annotations
 from loraft.methods.base import Method
 from loraft.methods.full import FullMethod
 from loraft.methods.head import HeadMethod
+from loraft.methods.ia3 import IA3Method
 from loraft.methods.lora import LoraMethod
 
-METHODS: dict[str, Method] = {method.name: method for method in (FullMethod(), LoraMethod(), HeadMethod())}
+METHODS: dict[str, Method] = {
+    method.name: method for method in (FullMethod(), LoraMethod(), HeadMethod(), IA3Method())
+}
 
 
 def method_of(recipe) -> Method:

@@ -6,41 +6,25 @@ PEFT's SEQ_CLS task). A checkpoint is a PEFT adapter folder; `export --merge` fo
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from loraft.methods.base import Method
+from loraft.methods.adapter import AdapterMethod
 
 
-class LoraMethod(Method):
+class LoraMethod(AdapterMethod):
     name = "lora"
     summary = "low-rank adapters (lora: section)"
     section = "lora"
 
-    def targets(self, model, recipe) -> dict[str, list[str]]:
-        """The recipe's targets (the family's defaults when it names none) -> the layers matched."""
-        from loraft.errors import LoraftError
-        from loraft.models.loading import architecture_of
-        from loraft.models.targets import resolve_targets
+    def default_targets(self, architecture, model_type: str) -> list[str] | None:
+        return list(architecture.default_targets) if architecture else None
 
-        architecture = architecture_of(model)
-        targets = recipe.lora.target_modules
-        if targets is None:
-            if architecture is None:
-                raise LoraftError(
-                    f"lora.target_modules: loraft has no default targets for '{model.config.model_type}' "
-                    "models; name its layers, or use all-linear"
-                )
-            targets = list(architecture.default_targets)
-        return resolve_targets(model, targets, architecture)
-
-    def config(self, model, recipe, kind):
-        from peft import LoraConfig, TaskType
+    def peft_config(self, model, recipe, kind):
+        from peft import LoraConfig
 
         from loraft.models.targets import peft_targets, stores_transposed
 
         layers = peft_targets(self.targets(model, recipe))
         return LoraConfig(
-            task_type=TaskType.SEQ_CLS if kind == "classification" else TaskType.CAUSAL_LM,
+            task_type=self.task_type(kind),
             r=recipe.lora.r,
             lora_alpha=recipe.lora.alpha,
             lora_dropout=recipe.lora.dropout,
@@ -51,17 +35,10 @@ class LoraMethod(Method):
             fan_in_fan_out=stores_transposed(model, layers),
         )
 
-    def check_before_loading(self, recipe, model_type, known) -> None:
-        from loraft.models import architecture_for
-        from loraft.models.targets import check_target_names
-
-        if recipe.lora.target_modules is not None and known:
-            check_target_names(recipe.lora.target_modules, architecture_for(model_type), model_type)
-
     def check(self, model, recipe, kind) -> None:
         """The targets match layers, and the rank is no larger than the narrowest of them (a
         rank beyond it adds parameters and no expressiveness)."""
-        self.config(model, recipe, kind)
+        self.peft_config(model, recipe, kind)
         modules = dict(model.named_modules())
         layers = [name for names in self.targets(model, recipe).values() for name in names]
         narrowest = min(min(modules[name].weight.shape) for name in layers)
@@ -73,29 +50,18 @@ class LoraMethod(Method):
                 f"use {narrowest} or less"
             )
 
-    def apply(self, model, recipe, kind):
-        from peft import get_peft_model
-
-        return get_peft_model(model, self.config(model, recipe, kind))
-
-    def describe(self, model, recipe) -> list[str]:
-        from loraft.models.targets import describe_targets
-
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        return [f"lora targets: {describe_targets(self.targets(base, recipe))}"]
-
     def label(self, recipe) -> str:
         """`lora r=8 attention`, `dora r=8 all-linear`, `rslora r=64 mlp lora+16`."""
         plus = f" lora+{recipe.lora.plus_lr_ratio:g}" if recipe.lora.plus_lr_ratio else ""
-        return f"{self._variant(recipe)} r={recipe.lora.r} {self._targets_label(recipe)}{plus}"
+        return f"{self._variant(recipe)} r={recipe.lora.r} {self.targets_label(recipe)}{plus}"
 
     def settings(self, recipe) -> dict:
-        return {"rank": recipe.lora.r, "targets": self._targets_label(recipe)}
+        return {"rank": recipe.lora.r, "targets": self.targets_label(recipe)}
 
     def frontier_line(self, recipe) -> str | None:
         """One line a variant on one set of targets: its ranks along it."""
         plus = f" lora+{recipe.lora.plus_lr_ratio:g}" if recipe.lora.plus_lr_ratio else ""
-        return f"{self._variant(recipe)} {self._targets_label(recipe)}{plus}"
+        return f"{self._variant(recipe)} {self.targets_label(recipe)}{plus}"
 
     def optimizer(self, model, recipe):
         """LoRA+ (Hayou et al. 2024): the B matrices, and PEFT's 1-D parameters with them, learn
@@ -114,23 +80,6 @@ class LoraMethod(Method):
             fused=True,
         )
 
-    @staticmethod
-    def _variant(recipe) -> str:
-        """lora, dora, rslora or rsdora."""
-        return ("rs" if recipe.lora.use_rslora else "") + ("dora" if recipe.lora.use_dora else "lora")
-
-    def save(self, directory: Path, model, state_dict: dict) -> None:
-        # save_embedding_layers=False: "auto" would look the base model up on the hub.
-        model.save_pretrained(directory, state_dict=state_dict, save_embedding_layers=False)
-
-    def load(self, base, directory: Path, kind: str):
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(base, directory)
-
-    def exported(self, model, merge: bool):
-        return (model.merge_and_unload(), False) if merge else (model, True)
-
     def card_facts(self, recipe) -> list[str]:
         lora = recipe.lora
         variants = [
@@ -144,10 +93,10 @@ class LoraMethod(Method):
         ]
         return [
             f"LoRA: rank {lora.r}, alpha {lora.alpha:g}, dropout {lora.dropout:g}, "
-            f"targets {self._targets_label(recipe, ', ')}" + (f"; {', '.join(variants)}" if variants else "")
+            f"targets {self.targets_label(recipe, ', ')}" + (f"; {', '.join(variants)}" if variants else "")
         ]
 
     @staticmethod
-    def _targets_label(recipe, joiner: str = "+") -> str:
-        targets = recipe.lora.target_modules
-        return joiner.join(targets) if targets else "default"
+    def _variant(recipe) -> str:
+        """lora, dora, rslora or rsdora."""
+        return ("rs" if recipe.lora.use_rslora else "") + ("dora" if recipe.lora.use_dora else "lora")

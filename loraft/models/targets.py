@@ -23,20 +23,22 @@ ALL_LINEAR = "all-linear"
 CLASSIFIER = "score"  # transformers' classification head in every family: never "linear" here
 
 
-def check_target_names(targets: list[str], architecture: Architecture | None, model_type: str | None) -> None:
+def check_target_names(
+    targets: list[str], architecture: Architecture | None, model_type: str | None, section: str = "lora"
+) -> None:
     """Before any weights load: every target is an alias or one of the family's layers."""
     for target in targets:
         if target == ALL_LINEAR:
             continue
         if target in ALIASES and architecture is None:
             raise LoraftError(
-                f"lora.target_modules: '{target}' is an alias of the families loraft knows "
+                f"{section}.target_modules: '{target}' is an alias of the families loraft knows "
                 f"({', '.join(FAMILIES)}); this model is '{model_type}': name its layers, or use all-linear"
             )
         last = target.split(".")[-1]
         if architecture is not None and target not in ALIASES and last not in architecture.layer_names:
             raise LoraftError(
-                f"lora.target_modules: '{target}' is not a {architecture.family} layer LoRA can adapt; "
+                f"{section}.target_modules: '{target}' is not a {architecture.family} layer LoRA can adapt; "
                 f"use some of {', '.join(architecture.layer_names)} or {', '.join([*ALIASES, ALL_LINEAR])}"
             )
 
