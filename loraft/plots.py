@@ -54,6 +54,8 @@ def frontier(comparison: Comparison):
             label=line,
         )
         for x, point in zip(xs, chosen, strict=True):
+            if point.runs[0]["rank"] is None:  # a method without a rank (IA3)
+                continue
             axis.annotate(
                 f"r={point.runs[0]['rank']}",
                 (x, point.mean(comparison.metric)),

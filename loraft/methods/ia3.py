@@ -41,7 +41,7 @@ class IA3Method(AdapterMethod):
         return f"ia3 {self.targets_label(recipe)}"
 
     def frontier_line(self, recipe) -> str | None:
-        return None  # no rank: one point a set of targets
+        return f"ia3 {self.targets_label(recipe)}"  # no rank: a line of one point a set of targets
 
     def card_facts(self, recipe) -> list[str]:
         return [f"IA3: targets {self.targets_label(recipe, ', ')}"]
