@@ -18,7 +18,7 @@ from pathlib import Path
 
 from loraft.errors import LoraftError
 from loraft.methods import method_of
-from loraft.models import architecture_for, known_config, scratch_fields, shape_from_config
+from loraft.models import known_config, scratch_fields, shape_of
 from loraft.recipe import GenerationSection, Recipe
 from loraft.text_metrics import parse_metric_spec
 
@@ -150,9 +150,7 @@ def model_facts(recipe: Recipe) -> dict:
 def context_of(config) -> int | None:
     """Positions of a model config (a transformers config or its `config.json` as a dict), in
     the keys of its family."""
-    values = config if isinstance(config, dict) else config.to_dict()
-    family = architecture_for(values.get("model_type"))
-    return shape_from_config(values, family.config_keys if family else None).context
+    return shape_of(config if isinstance(config, dict) else config.to_dict()).context
 
 
 def local_config(name: str, revision: str | None) -> dict | None:

@@ -12,7 +12,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from loraft.errors import LoraftError
 from loraft.methods import apply_method, method_of
-from loraft.models import ModelShape, architecture_for, known_config, scratch_fields, shape_from_config
+from loraft.models import ModelShape, architecture_for, known_config, scratch_fields, shape_of
 from loraft.models.loading import auto_class, config_from_fields, count_parameters
 from loraft.recipe import Recipe
 from loraft.system import resolve_precision
@@ -34,12 +34,6 @@ def model_config(recipe: Recipe) -> PretrainedConfig:
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0]
         raise LoraftError(f"model.name: cannot read the config of '{recipe.model.name}': {reason}") from None
-
-
-def model_shape(config: PretrainedConfig) -> ModelShape:
-    """The neutral shape of a config, in its family's keys."""
-    family = architecture_for(config.model_type)
-    return shape_from_config(config.to_dict(), family.config_keys if family else None)
 
 
 def plan_recipe(recipe: Recipe) -> dict:
@@ -65,7 +59,7 @@ def plan_recipe(recipe: Recipe) -> dict:
         "batch_size": recipe.train.batch_size,
         "max_length": recipe.data.max_length,
         "precision": resolve_precision(recipe.train.precision),
-        "memory_mb": estimate_memory_mb(recipe, model_shape(config), trainable, total),
+        "memory_mb": estimate_memory_mb(recipe, shape_of(config.to_dict()), trainable, total),
     }
 
 

@@ -73,17 +73,19 @@ def test_each_variant_trains_exports_and_resumes(
         torch.testing.assert_close(weight, trainable_weights(result.model)[name], rtol=1e-5, atol=1e-6)
 
 
+def quick_recipe(model_dir: Path, tmp_path: Path, method: str, *overrides: str):
+    """The matrix's quick causal-LM recipe (packed) of `method` on `model_dir`."""
+    return case_recipe(model_dir, tmp_path, "causal_lm", method, True, tmp_path, *overrides)
+
+
 def test_rslora_scales_by_the_square_root_of_the_rank(family_dirs: dict, tmp_path: Path) -> None:
     from loraft.methods import apply_method
 
     for rslora, scale in ((False, 16 / 4), (True, 16 / math.sqrt(4))):
-        recipe = case_recipe(
+        recipe = quick_recipe(
             family_dirs["gpt2"],
             tmp_path,
-            "causal_lm",
             "lora",
-            True,
-            tmp_path,
             "lora.r=4",
             "lora.alpha=16",
             f"lora.use_rslora={str(rslora).lower()}",
@@ -96,13 +98,10 @@ def test_rslora_scales_by_the_square_root_of_the_rank(family_dirs: dict, tmp_pat
 def test_lora_plus_gives_the_b_matrices_ratio_times_the_rate(family_dirs: dict, tmp_path: Path) -> None:
     from loraft.methods import apply_method
 
-    recipe = case_recipe(
+    recipe = quick_recipe(
         family_dirs["llama"],
         tmp_path,
-        "causal_lm",
         "lora",
-        True,
-        tmp_path,
         "lora.plus_lr_ratio=16",
         "train.lr=1e-3",
     )
@@ -121,7 +120,7 @@ def test_ia3_counts_as_peft_does_with_its_gpt2_defaults(family_dirs: dict, tmp_p
     small, 64 x 3 + 256 a block here (the MLP's input width is 4 x 64)."""
     from loraft.methods import apply_method
 
-    recipe = case_recipe(family_dirs["gpt2"], tmp_path, "causal_lm", "ia3", True, tmp_path)
+    recipe = quick_recipe(family_dirs["gpt2"], tmp_path, "ia3")
     model = apply_method(AutoModelForCausalLM.from_pretrained(family_dirs["gpt2"]), recipe, "causal_lm")
     assert model.get_nb_trainable_parameters()[0] == 2 * (3 * 64 + 4 * 64)
     assert model.peft_config["default"].feedforward_modules == {
@@ -132,17 +131,12 @@ def test_ia3_counts_as_peft_does_with_its_gpt2_defaults(family_dirs: dict, tmp_p
 
 def test_labels_say_the_variant(tmp_path: Path, family_dirs: dict) -> None:
     lora = METHODS["lora"]
-    dora = case_recipe(
-        family_dirs["gpt2"], tmp_path, "causal_lm", "lora", True, tmp_path, "lora.use_dora=true"
-    )
+    dora = quick_recipe(family_dirs["gpt2"], tmp_path, "lora", "lora.use_dora=true")
     assert lora.label(dora) == "dora r=4 all-linear"
-    both = case_recipe(
+    both = quick_recipe(
         family_dirs["gpt2"],
         tmp_path,
-        "causal_lm",
         "lora",
-        True,
-        tmp_path,
         "lora.use_rslora=true",
         "lora.plus_lr_ratio=16",
     )

@@ -38,6 +38,14 @@ def known_config(name: str) -> tuple[Architecture, dict] | None:
     return None
 
 
+def shape_of(config: dict) -> ModelShape:
+    """The neutral shape of a `config.json` (as a dict), read in its family's keys."""
+    family = architecture_for(config.get("model_type"))
+    if family is None:
+        return shape_from_config(config)
+    return shape_from_config(config, family.config_keys, family.default_mlp_ratio)
+
+
 def scratch_fields(shape, vocab_size: int, bos: int | None, eos: int | None) -> dict:
     """The `config.json` fields of a from-scratch model of `shape` (a recipe's `model.config`);
     BOS is EOS where the tokenizer has none."""
@@ -53,5 +61,6 @@ __all__ = [
     "architecture_for",
     "known_config",
     "scratch_fields",
+    "shape_of",
     "shape_from_config",
 ]

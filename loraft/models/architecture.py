@@ -44,7 +44,6 @@ class Architecture:
     layer_names: tuple[str, ...]  # every layer LoRA can adapt (checked before any weights load)
     config_keys: Mapping[str, str | None] = field(default_factory=lambda: STANDARD_CONFIG_KEYS)
     dropout_keys: tuple[str, ...] = ("attention_dropout",)  # set from `model.config.dropout`
-    scratch_fields: Mapping[str, Any] = field(default_factory=dict)  # fixed fields of a scratch config
     scratch_head_dim: bool = False  # the config has a head_dim of its own (Gemma's default is 256)
     grouped_query: bool = True  # supports fewer key/value heads than query heads
     default_mlp_ratio: float = 4.0  # mlp_width of a scratch model when the recipe gives none
@@ -59,10 +58,6 @@ class Architecture:
         return {"attention": self.attention, "attention_output": self.attention_output, "mlp": self.mlp}[
             alias
         ]
-
-    def shape(self, config: Mapping[str, Any]) -> ModelShape:
-        """The neutral shape of a `config.json` of this family."""
-        return shape_from_config(config, self.config_keys, self.default_mlp_ratio)
 
     def scratch_config(self, shape: Any, vocab_size: int, bos: int | None, eos: int | None) -> dict:
         """The config fields (`config.json`) of a model of `shape` built from scratch."""
@@ -82,7 +77,6 @@ class Architecture:
             fields["head_dim"] = shape.width // shape.heads
         return {
             "model_type": self.model_type,
-            **self.scratch_fields,
             **fields,
             "vocab_size": vocab_size,
             "bos_token_id": bos,
