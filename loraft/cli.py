@@ -83,9 +83,11 @@ def train(
     from loraft.run_dir import RunDirectory
 
     given = [*(overrides or []), *(["train.resume=true"] if resume else [])]
-    if RunDirectory(recipe.parent).is_run() and not any(o.startswith("output_dir=") for o in given):
+    in_run = RunDirectory(recipe.parent).is_run()
+    if in_run and not any(o.startswith("output_dir=") for o in given):
         given.append(f"output_dir={recipe.parent}")  # a run's own recipe.yaml: that run, wherever it is now
-    loaded = load_recipe(recipe, given)
+    # older run folders wrote every method's section into recipe.yaml
+    loaded = load_recipe(recipe, given, other_methods="drop" if in_run else "refuse")
     loaded = apply_grants(loaded, CodeGrants(trust_remote_code, allow_local_metric_code), recipe)
     _check_before_loading_torch(loaded, data_root, overwrite)
     _quiet_libraries()

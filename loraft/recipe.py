@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from loraft.methods import METHODS
+from loraft.methods import METHODS, other_sections
 from loraft.models import DEFAULT_ARCHITECTURE, FAMILIES
 
 TRACKERS = ("tensorboard", "wandb")
@@ -412,7 +412,10 @@ class Recipe(Section):
         return Path(self.output_dir).expanduser() if self.output_dir else default_run_dir(self.name)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """The whole recipe, defaults written out, but no other method's section (a recipe of
+        method `full` may not have `lora:`)."""
+        dump = self.model_dump(mode="json", exclude=set(other_sections(self.method)))
+        return yaml.safe_dump(dump, sort_keys=False)
 
     def first_difference(self, other: Recipe, ignore: tuple[str, ...] = ()) -> str | None:
         """The first dotted key whose value differs from `other`'s, as `key: ours vs theirs`."""

@@ -17,24 +17,69 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from loraft.errors import LoraftError
+from loraft.methods import METHODS, other_sections
 from loraft.recipe import Recipe, _is_model
 
 MAX_DEPTH = 32  # levels of nesting in a recipe file (its sections need 4)
 MAX_EXTENDS = 32  # files in one `extends:` chain
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe file, follow `extends:`, apply `key.sub=value` overrides, validate."""
+def load_recipe(
+    path: str | Path, overrides: list[str] | None = None, other_methods: str = "refuse"
+) -> Recipe:
+    """Read a recipe file, follow `extends:`, apply `key.sub=value` overrides, validate.
+
+    A section of another method than the recipe's (`lora:` with `method: full`) is an error
+    where it is written; one inherited from a base whose method the file (or an override)
+    changed is dropped. `other_methods="drop"` drops them all instead: a run folder's own
+    recipe.yaml (older ones wrote every section), a sweep's grid over methods.
+    """
     path = Path(path)
-    raw = _read_with_extends(path, seen=())
+    raw = _read_with_extends(path, seen=(), refuse=other_methods == "refuse")
     raw.setdefault("name", run_name_from(path.stem))
+    overrides = list(overrides or [])
+    method = _method_of(raw, overrides)
+    if method is not None:
+        raw = _without_sections(raw, other_sections(method))  # a method= override changed it
+        overrides = _own_overrides(overrides, method, refuse=other_methods == "refuse")
     with_overrides = raw
-    for override in overrides or []:
+    for override in overrides:
         with_overrides = apply_override(with_overrides, override)
     try:
         return Recipe.model_validate(with_overrides)
     except ValidationError as error:
-        raise LoraftError(_describe(error, path, raw, overrides or [])) from None
+        raise LoraftError(_describe(error, path, raw, overrides)) from None
+
+
+def _method_of(raw: dict[str, Any], overrides: list[str] = ()) -> str | None:
+    """The method a recipe will have (the last `method=` override's, else the file's, else the
+    default); None if it is not a method's name (validation says so)."""
+    method = raw.get("method", Recipe.model_fields["method"].default)
+    for override in overrides:
+        key, sep, _ = override.partition("=")
+        if sep and key.strip() == "method":
+            method = parse_override(override)[1]
+    return method if isinstance(method, str) and method in METHODS else None
+
+
+def _without_sections(raw: dict[str, Any], sections: dict[str, str]) -> dict[str, Any]:
+    return {key: value for key, value in raw.items() if key not in sections}
+
+
+def _own_overrides(overrides: list[str], method: str, refuse: bool) -> list[str]:
+    """The overrides without other methods' settings: one-line error for the first, or dropped."""
+    sections = other_sections(method)
+    own = []
+    for override in overrides:
+        section = override.partition("=")[0].strip().split(".")[0]
+        if section not in sections:
+            own.append(override)
+        elif refuse:
+            raise LoraftError(
+                f"override {override!r}: {section}.* belongs to method {sections[section]}; this "
+                f"run's method is {method}: drop it, or add method={sections[section]}"
+            )
+    return own
 
 
 def run_name_from(stem: str) -> str:
@@ -168,7 +213,7 @@ def _depth(value: Any, level: int = 0) -> int:
     return max((_depth(child, level + 1) for child in children), default=level + 1)
 
 
-def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+def _read_with_extends(path: Path, seen: tuple[Path, ...], refuse: bool = True) -> dict[str, Any]:
     resolved = path.resolve()
     if len(seen) >= MAX_EXTENDS:
         raise LoraftError(f"{path}: `extends` chains more than {MAX_EXTENDS} files; shorten the chain")
@@ -177,16 +222,29 @@ def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise LoraftError(f"{path}: `extends` forms a cycle: {chain}")
     raw = read_yaml_mapping(path)
     base_name = raw.pop("extends", None)
-    if base_name is None:
-        return raw
-    if not isinstance(base_name, str):
-        raise LoraftError(f"{path}: `extends` must be a file path, got {base_name!r}")
-    base_path = path.parent / base_name
-    if not base_path.is_file():
-        raise LoraftError(f"{path}: extends '{base_name}': {base_path} is not a recipe file")
-    base = _read_with_extends(base_path, seen=(*seen, resolved))
-    base.pop("name", None)  # a variant is named after its own file unless it says otherwise
-    return deep_merge(base, raw)
+    merged = raw
+    if base_name is not None:
+        if not isinstance(base_name, str):
+            raise LoraftError(f"{path}: `extends` must be a file path, got {base_name!r}")
+        base_path = path.parent / base_name
+        if not base_path.is_file():
+            raise LoraftError(f"{path}: extends '{base_name}': {base_path} is not a recipe file")
+        base = _read_with_extends(base_path, seen=(*seen, resolved), refuse=refuse)
+        base.pop("name", None)  # a variant is named after its own file unless it says otherwise
+        merged = deep_merge(base, raw)
+    method = _method_of(merged)
+    if method is None:
+        return merged
+    sections = other_sections(method)
+    written = next((section for section in raw if section in sections), None)
+    if written is not None and refuse:
+        owner = sections[written]
+        default = "" if "method" in merged else " (the default)"
+        raise LoraftError(
+            f"{_where(path, [written])}: {written}: belongs to method {owner}; this recipe's method "
+            f"is {method}{default}: remove the section, or set method: {owner}"
+        )
+    return _without_sections(merged, sections)  # a base's settings for the method it had
 
 
 # --- error messages -----------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from loraft.errors import LoraftError
-from loraft.methods import METHODS, method_of
+from loraft.methods import method_of, other_sections
 from loraft.recipe import Recipe, flatten
 from loraft.run_dir import RunDirectory
 
@@ -157,10 +157,9 @@ def _eval_set(recipe: Recipe) -> tuple:
 def _settings(recipe: Recipe) -> dict[str, Any]:
     """What a point is: the flat recipe without seed keys, and without the settings sections of
     other methods (a rank means nothing without adapters)."""
-    own = method_of(recipe).section
-    others = {f"{method.section}." for method in METHODS.values() if method.section and method.section != own}
+    others = tuple(f"{section}." for section in other_sections(recipe.method))
     flat = _flat(recipe)
-    return {k: v for k, v in flat.items() if k not in SEED_KEYS and not k.startswith(tuple(others))}
+    return {k: v for k, v in flat.items() if k not in SEED_KEYS and not k.startswith(others)}
 
 
 def point_key(recipe: Recipe) -> str:

@@ -276,7 +276,8 @@ class RunDirectory:
         allows code to run; None reads it as data only (comparisons, reports)."""
         from loraft.recipe_files import apply_grants, load_recipe
 
-        recipe = load_recipe(self.recipe_path, overrides)
+        # other methods' sections dropped: older run folders wrote every method's section
+        recipe = load_recipe(self.recipe_path, overrides, other_methods="drop")
         return recipe if grants is None else apply_grants(recipe, grants, self.recipe_path)
 
     def log(self, record: dict[str, Any]) -> None:

@@ -52,16 +52,17 @@ def sweep_points(
     recipe_path: Path, overrides: list[str], grid: list[tuple[str, list[str]]], seeds: int
 ) -> tuple[list[SweepPoint], list[str]]:
     """Every distinct run of the grid (validated now), and notes on what was merged."""
-    from loraft.methods import METHODS, method_of
+    from loraft.methods import other_sections
     from loraft.report import point_key
 
+    # over methods, a point drops the settings of the others (lora.r with method=full)
+    other_methods = "drop" if any(key == "method" for key, _ in grid) else "refuse"
     points, seen, notes = [], {}, []
     for values in itertools.product(*(choices for _, choices in grid)):
         given = [f"{key}={value}" for (key, _), value in zip(grid, values, strict=True)]
-        recipe = _load(recipe_path, [*overrides, *given], given)
-        own = method_of(recipe).section
-        others = tuple(f"{m.section}." for m in METHODS.values() if m.section and m.section != own)
-        combination = [c for c in given if not c.startswith(others)]  # settings of other methods
+        recipe = _load(recipe_path, [*overrides, *given], given, other_methods)
+        others = tuple(f"{section}." for section in other_sections(recipe.method))
+        combination = [c for c in given if not c.startswith(others)]
         key = point_key(recipe)
         if key in seen:
             dropped = sorted({c.split("=")[0].split(".")[0] + ".*" for c in given if c.startswith(others)})
@@ -76,7 +77,8 @@ def sweep_points(
         for offset in range(seeds):
             seed = recipe.train.seed + offset
             name = _slug([recipe_path.stem, recipe.method, *varied, f"seed={seed}"])
-            points.append(SweepPoint(name, [*overrides, *combination, f"train.seed={seed}"]))
+            fixed = [o for o in overrides if not o.startswith(others)]
+            points.append(SweepPoint(name, [*fixed, *combination, f"train.seed={seed}"]))
     return points, notes
 
 
@@ -201,9 +203,9 @@ def hold_sweep_lock(out: Path):
     return stream
 
 
-def _load(recipe_path: Path, overrides: list[str], combination: list[str]):
+def _load(recipe_path: Path, overrides: list[str], combination: list[str], other_methods: str):
     try:
-        return load_recipe(recipe_path, overrides)
+        return load_recipe(recipe_path, overrides, other_methods)
     except LoraftError as error:
         raise LoraftError(f"--grid {' '.join(combination)}: {error}") from None
 

@@ -68,8 +68,8 @@ def test_the_same_seed_gives_the_same_mask_and_evaluation_keeps_everything() -> 
 
 
 def test_every_dropout_of_a_trained_model_is_replaced(tiny_model_dir: Path) -> None:
-    for method in ("full", "lora"):
-        recipe = joker_recipe(tiny_model_dir, Path("unused"), f"method={method}", "lora.dropout=0.1")
+    for method, dropout in (("full", []), ("lora", ["lora.dropout=0.1"])):
+        recipe = joker_recipe(tiny_model_dir, Path("unused"), f"method={method}", *dropout)
         base = build_base_model(recipe, "causal_lm", load_tokenizer(str(tiny_model_dir)))
         model = apply_method(base, recipe, "causal_lm")
         dropouts = [type(module) for module in model.modules() if isinstance(module, nn.Dropout)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from loraft.errors import LoraftError
 from loraft.recipe import field_reference
@@ -173,3 +174,33 @@ def test_a_run_name_comes_from_any_file_name(tmp_path: Path) -> None:
         ("_x.yaml", "x"),
     ]:
         assert load_recipe(write(tmp_path, "task: text\n", file_name)).name == name
+
+
+def test_a_section_of_another_method_is_an_error_where_it_is_written(tmp_path: Path) -> None:
+    write(tmp_path, "task: news\nlora:\n  r: 4\n", "base.yaml")
+    write(tmp_path, "extends: base.yaml\nmethod: full\n", "full.yaml")
+    assert load_recipe(tmp_path / "full.yaml").to_yaml().count("lora") == 0  # inherited: dropped
+    write(tmp_path, "extends: base.yaml\nmethod: ia3\ntrain:\n  lr: 0.1\nlora:\n  r: 2\n", "both.yaml")
+    with pytest.raises(LoraftError) as error:
+        load_recipe(tmp_path / "both.yaml")
+    assert str(error.value) == (
+        f"{tmp_path / 'both.yaml'}:5: lora: belongs to method lora; this recipe's method is ia3: "
+        "remove the section, or set method: lora"
+    )
+    with pytest.raises(LoraftError, match=r"base2.yaml:2: ia3: .* method is lora \(the default\)"):
+        load_recipe(write(tmp_path, "task: news\nia3:\n  target_modules: [c_attn]\n", "base2.yaml"))
+    assert load_recipe(tmp_path / "base.yaml", ["method=full"]).method == "full"  # an override: dropped
+    with pytest.raises(LoraftError, match=r"^override 'lora.r=8': lora.\* belongs to method lora; "):
+        load_recipe(tmp_path / "full.yaml", ["lora.r=8"])
+    assert load_recipe(tmp_path / "full.yaml", ["lora.r=8", "method=lora"]).lora.r == 8
+
+
+def test_a_run_folders_recipe_with_every_section_still_reads(tmp_path: Path) -> None:
+    """Older run folders wrote every method's section into recipe.yaml."""
+    recipe = load_recipe(RECIPES[0].parent / "sst-full.yaml")
+    legacy = yaml.safe_dump(recipe.model_dump(mode="json"))
+    assert "lora:" in legacy and "lora:" not in recipe.to_yaml()
+    path = write(tmp_path, legacy, "recipe.yaml")
+    assert load_recipe(path, other_methods="drop") == recipe
+    with pytest.raises(LoraftError, match=r"recipe.yaml:\d+: (lora|ia3): belongs to method"):
+        load_recipe(path)

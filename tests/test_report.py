@@ -74,6 +74,11 @@ def test_a_rank_with_full_fine_tuning_runs_once_with_a_note(tiny_model_dir: Path
     ]
     with pytest.raises(LoraftError, match="--grid lora.r=0: .*lora.r"):
         sweep_points(RECIPES / "joker.yaml", [], parse_grid(["lora.r=0"]), 1)
+    # a fixed lora setting goes to the lora points only; without a method grid it is an error
+    points, _ = sweep_points(RECIPES / "joker.yaml", ["lora.alpha=8"], GRID, 1)
+    assert [("lora.alpha=8" in point.overrides) for point in points] == [True, True, False]
+    with pytest.raises(LoraftError, match="lora.alpha=8'?: lora.\\* belongs to method lora"):
+        sweep_points(RECIPES / "joker-full.yaml", ["lora.alpha=8"], parse_grid(["train.lr=1e-3"]), 1)
 
 
 def test_the_report_groups_seeds_and_measures_against_full(sweep: tuple[Path, list], tmp_path: Path) -> None:

@@ -23,6 +23,16 @@ def method_of(recipe) -> Method:
     return METHODS[recipe.method]
 
 
+def other_sections(method_name: str) -> dict[str, str]:
+    """The recipe sections of every method but `method_name`, each -> the method it belongs to:
+    a recipe of that method must not set them."""
+    return {
+        method.section: method.name
+        for method in METHODS.values()
+        if method.section and method.name != method_name
+    }
+
+
 def apply_method(model, recipe, kind: str):
     """The model ready to train by the recipe's method; its dropout layers (the method's too)
     draw cheaper masks (`loraft.dropout`)."""
@@ -31,4 +41,4 @@ def apply_method(model, recipe, kind: str):
     return use_cheap_dropout(method_of(recipe).apply(model, recipe, kind))
 
 
-__all__ = ["METHODS", "Method", "apply_method", "method_of"]
+__all__ = ["METHODS", "Method", "apply_method", "method_of", "other_sections"]
