@@ -148,6 +148,18 @@ class LoraSection(Section):
     plus_lr_ratio: float | None = Field(
         None, ge=1, le=1e4, description="LoRA+: the B matrices learn this many times train.lr; null: off"
     )
+    init: str = Field(
+        "kaiming",
+        description="kaiming (B zero, PEFT's default), gaussian, pissa (principal singular vectors), "
+        "pissa_niter_N (fast randomised SVD), olora (QR; nn.Linear layers only)",
+    )
+
+    @field_validator("init")
+    @classmethod
+    def _known_init(cls, init: str) -> str:
+        if not re.fullmatch(r"kaiming|gaussian|pissa|pissa_niter_[1-9][0-9]{0,2}|olora", init):
+            raise ValueError("expected kaiming, gaussian, pissa, pissa_niter_N (N from 1 to 999) or olora")
+        return init
 
     @field_validator("target_modules")
     @classmethod

@@ -25,11 +25,20 @@ VARIANTS = {  # name -> (method, its settings)
     "dora": ("lora", ["lora.use_dora=true"]),
     "lora+": ("lora", ["lora.plus_lr_ratio=16"]),
     "ia3": ("ia3", ["train.lr=3e-2"]),  # PEFT's default targets for the family
+    "pissa": ("lora", ["lora.init=pissa_niter_4", "lora.dropout=0"]),  # saved converted for the base
+    "olora": ("lora", ["lora.init=olora"]),  # on nn.Linear layers only: not GPT-2's Conv1D
 }
+ON_GPT2 = [variant for variant in VARIANTS if variant != "olora"]
 
 
-@pytest.mark.parametrize("family", ["gpt2", pytest.param("llama", marks=pytest.mark.matrix)])
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize(
+    ("family", "variant"),
+    [
+        *(("gpt2", variant) for variant in ON_GPT2),
+        *(pytest.param("llama", variant, marks=pytest.mark.matrix) for variant in ON_GPT2),
+        ("llama", "olora"),
+    ],
+)
 def test_each_variant_trains_exports_and_resumes(
     variant: str, family: str, family_dirs: dict, tmp_path: Path, monkeypatch
 ) -> None:
@@ -141,3 +150,36 @@ def test_labels_say_the_variant(tmp_path: Path, family_dirs: dict) -> None:
         "lora.plus_lr_ratio=16",
     )
     assert lora.label(both) == "rslora r=4 all-linear lora+16"
+    pissa = quick_recipe(family_dirs["gpt2"], tmp_path, "lora", "lora.init=pissa_niter_4")
+    assert lora.label(pissa) == "lora r=4 all-linear pissa_niter_4"
+    assert lora.frontier_line(pissa) == "lora all-linear pissa_niter_4"
+
+
+def test_olora_on_gpt2s_conv1d_is_refused_in_one_line(family_dirs: dict, tmp_path: Path, loraft) -> None:
+    recipe = quick_recipe(family_dirs["gpt2"], tmp_path, "lora")
+    path = tmp_path / "olora.yaml"
+    path.write_text(recipe.to_yaml())
+    code, out, err = loraft("validate", "--no-data", str(path), "lora.init=olora")
+    assert code == 2 and err.strip().splitlines() == [
+        f"error: {path}: lora.init: olora cannot start on layers stored transposed (GPT-2's Conv1D: "
+        "PEFT's OLoRA gives A and B the wrong shapes there); use pissa, or a family with nn.Linear layers"
+    ]
+
+
+def test_a_pissa_checkpoint_is_a_plain_lora_adapter_of_twice_the_rank(
+    family_dirs: dict, tmp_path: Path
+) -> None:
+    """It applies to the original base (the logits are checked in the matrix test above)."""
+    import json
+
+    recipe = quick_recipe(
+        family_dirs["gpt2"], tmp_path / "run", "lora", "lora.init=pissa", "train.max_steps=2"
+    )
+    result = train_recipe(recipe)
+    config = json.loads((tmp_path / "run" / "checkpoints" / "last" / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"], config["init_lora_weights"]) == (
+        8,
+        2 * recipe.lora.alpha,
+        True,
+    )
+    assert result.model.peft_config["default"].r == 4  # the trained model keeps its rank
