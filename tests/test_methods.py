@@ -26,7 +26,8 @@ VARIANTS = {  # name -> (method, its settings)
     "lora+": ("lora", ["lora.plus_lr_ratio=16"]),
     "ia3": ("ia3", ["train.lr=3e-2"]),  # PEFT's default targets for the family
     "pissa": ("lora", ["lora.init=pissa_niter_4", "lora.dropout=0"]),  # saved converted for the base
-    "olora": ("lora", ["lora.init=olora"]),  # on nn.Linear layers only: not GPT-2's Conv1D
+    "olora": ("lora", ["lora.init=olora"]),
+    "vera": ("vera", ["vera.r=16", "train.lr=3e-2"]),  # on nn.Linear layers only: not GPT-2's Conv1D
 }
 ON_GPT2 = [variant for variant in VARIANTS if variant != "olora"]
 

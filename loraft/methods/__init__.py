@@ -12,9 +12,10 @@ from loraft.methods.full import FullMethod
 from loraft.methods.head import HeadMethod
 from loraft.methods.ia3 import IA3Method
 from loraft.methods.lora import LoraMethod
+from loraft.methods.vera import VeraMethod
 
 METHODS: dict[str, Method] = {
-    method.name: method for method in (FullMethod(), LoraMethod(), HeadMethod(), IA3Method())
+    method.name: method for method in (FullMethod(), LoraMethod(), HeadMethod(), IA3Method(), VeraMethod())
 }
 
 

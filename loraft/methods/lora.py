@@ -137,8 +137,10 @@ class LoraMethod(AdapterMethod):
                 else []
             ),
             *(
-                [f"{lora.init} initialisation (the adapter is saved converted to rank {2 * lora.r}, "
-                 "for the original base)"]
+                [
+                    f"{lora.init} initialisation (the adapter is saved converted to rank {2 * lora.r}, "
+                    "for the original base)"
+                ]
                 if lora.init not in INITS
                 else ([f"{lora.init} initialisation"] if lora.init != "kaiming" else [])
             ),
