@@ -171,37 +171,31 @@ class LoraSection(Section):
         return names
 
 
-class VeraSection(Section):
-    """`method: vera`: the shared rank and the layers it adapts."""
+class TargetedSection(Section):
+    """A method's section whose first setting is the layers it adapts."""
+
+    target_modules: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="layers, as for lora.target_modules; null: the family's default for the method",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _distinct_names(cls, names: list[str] | None) -> list[str] | None:
+        return LoraSection._distinct_names(names)
+
+
+class VeraSection(TargetedSection):
+    """`method: vera`: the shared rank and the layers it adapts (LoRA's defaults)."""
 
     r: int = Field(256, ge=1, le=65536, description="rank of the shared random matrices (VeRA's default 256)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the VeRA input")
     d_initial: float = Field(0.1, gt=0, description="starting value of the trained d vectors")
-    target_modules: list[str] | None = Field(
-        None,
-        min_length=1,
-        description="layers, as for lora.target_modules; null: the family's default (as LoRA's)",
-    )
-
-    @field_validator("target_modules")
-    @classmethod
-    def _distinct_names(cls, names: list[str] | None) -> list[str] | None:
-        return LoraSection._distinct_names(names)
 
 
-class IA3Section(Section):
-    """`method: ia3`: which layers' activations are rescaled."""
-
-    target_modules: list[str] | None = Field(
-        None,
-        min_length=1,
-        description="layers, as for lora.target_modules; null: the family's default (PEFT's)",
-    )
-
-    @field_validator("target_modules")
-    @classmethod
-    def _distinct_names(cls, names: list[str] | None) -> list[str] | None:
-        return LoraSection._distinct_names(names)
+class IA3Section(TargetedSection):
+    """`method: ia3`: which layers' activations are rescaled (PEFT's defaults)."""
 
 
 class HubData(Section):

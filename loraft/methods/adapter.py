@@ -9,15 +9,15 @@ from loraft.methods.base import Method
 
 
 class AdapterMethod(Method):
-    """A PEFT tuner. Subclasses give `section`, `default_targets` and `peft_config`."""
+    """A PEFT tuner. Subclasses give `section` and `peft_config` (and `default_targets` where not LoRA's)."""
 
     def requested_targets(self, recipe) -> list[str] | None:
         """The recipe's `<section>.target_modules`; None: the family's default."""
         return getattr(recipe, self.section).target_modules
 
     def default_targets(self, architecture, model_type: str) -> list[str] | None:
-        """The targets when the recipe names none (PEFT's per-architecture default)."""
-        return None
+        """The targets when the recipe names none: the family's LoRA defaults (PEFT's)."""
+        return list(architecture.default_targets) if architecture else None
 
     def targets(self, model, recipe) -> dict[str, list[str]]:
         """The recipe's targets (the family's defaults when it names none) -> the layers matched."""

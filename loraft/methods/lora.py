@@ -30,9 +30,6 @@ class LoraMethod(AdapterMethod):
     summary = "low-rank adapters (lora: section)"
     section = "lora"
 
-    def default_targets(self, architecture, model_type: str) -> list[str] | None:
-        return list(architecture.default_targets) if architecture else None
-
     def check_before_loading(self, recipe, model_type, known) -> None:
         from loraft.errors import LoraftError
         from loraft.models import architecture_for

@@ -14,9 +14,6 @@ class VeraMethod(AdapterMethod):
     summary = "VeRA: shared random low-rank matrices, trained scaling vectors (vera: section)"
     section = "vera"
 
-    def default_targets(self, architecture, model_type: str) -> list[str] | None:
-        return list(architecture.default_targets) if architecture else None
-
     def peft_config(self, model, recipe, kind):
         from peft import VeraConfig
 
