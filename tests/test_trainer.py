@@ -248,6 +248,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert not (run / "summary.json").exists()
 
 
+@pytest.mark.matrix  # 30 s of torch.compile on 2 cores: in .ci/run's matrix, not the README command
 def test_compiling_the_model_keeps_the_numbers(tiny_model_dir: Path, tmp_path: Path) -> None:
     """train.compile (torch.compile, inductor): the same losses as eager, to 1e-5."""
     eager, _ = train_split(tiny_model_dir, tmp_path / "eager", 8, 1)
