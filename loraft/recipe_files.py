@@ -11,7 +11,7 @@ import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -25,7 +25,9 @@ MAX_EXTENDS = 32  # files in one `extends:` chain
 
 
 def load_recipe(
-    path: str | Path, overrides: list[str] | None = None, other_methods: str = "refuse"
+    path: str | Path,
+    overrides: list[str] | None = None,
+    other_methods: Literal["refuse", "drop"] = "refuse",
 ) -> Recipe:
     """Read a recipe file, follow `extends:`, apply `key.sub=value` overrides, validate.
 

@@ -63,6 +63,7 @@ def sweep_points(
         recipe = _load(recipe_path, [*overrides, *given], given, other_methods)
         others = tuple(f"{section}." for section in other_sections(recipe.method))
         combination = [c for c in given if not c.startswith(others)]
+        fixed = [o for o in overrides if not o.startswith(others)]
         key = point_key(recipe)
         if key in seen:
             dropped = sorted({c.split("=")[0].split(".")[0] + ".*" for c in given if c.startswith(others)})
@@ -77,7 +78,6 @@ def sweep_points(
         for offset in range(seeds):
             seed = recipe.train.seed + offset
             name = _slug([recipe_path.stem, recipe.method, *varied, f"seed={seed}"])
-            fixed = [o for o in overrides if not o.startswith(others)]
             points.append(SweepPoint(name, [*fixed, *combination, f"train.seed={seed}"]))
     return points, notes
 

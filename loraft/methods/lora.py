@@ -133,14 +133,7 @@ class LoraMethod(AdapterMethod):
                 if lora.plus_lr_ratio
                 else []
             ),
-            *(
-                [
-                    f"{lora.init} initialisation (the adapter is saved converted to rank {2 * lora.r}, "
-                    "for the original base)"
-                ]
-                if lora.init not in INITS
-                else ([f"{lora.init} initialisation"] if lora.init != "kaiming" else [])
-            ),
+            *([f"{lora.init} initialisation{self._converted(lora)}"] if lora.init != "kaiming" else []),
         ]
         return [
             f"LoRA: rank {lora.r}, alpha {lora.alpha:g}, dropout {lora.dropout:g}, "
@@ -151,6 +144,10 @@ class LoraMethod(AdapterMethod):
     def _variant(recipe) -> str:
         """lora, dora, rslora or rsdora."""
         return ("rs" if recipe.lora.use_rslora else "") + ("dora" if recipe.lora.use_dora else "lora")
+
+    @staticmethod
+    def _converted(lora) -> str:
+        return "" if lora.init in INITS else f" (saved converted to rank {2 * lora.r}, for the original base)"
 
     @staticmethod
     def _extras(recipe) -> str:
