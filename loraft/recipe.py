@@ -198,6 +198,30 @@ class IA3Section(TargetedSection):
     """`method: ia3`: which layers' activations are rescaled (PEFT's defaults)."""
 
 
+class AdaloraSection(TargetedSection):
+    """`method: adalora`: the rank budget and its schedule (PEFT's names and defaults); the
+    run's step count is the schedule's `total_step`."""
+
+    init_r: int = Field(12, ge=1, le=65536, description="rank every adapted layer starts with")
+    target_r: int = Field(8, ge=1, le=65536, description="average rank per layer once the budget has shrunk")
+    alpha: float = Field(8, gt=0, description="scaling numerator: the update is scaled by alpha/rank")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    tinit: int = Field(0, ge=0, description="steps at the full budget before ranks are pruned")
+    tfinal: int = Field(0, ge=0, description="last steps at the final budget, ranks fixed")
+    deltaT: int = Field(1, ge=1, description="steps between two reallocations of the budget")  # noqa: N815
+    beta1: float = Field(0.85, gt=0, lt=1, description="smoothing of the importance scores (EMA)")
+    beta2: float = Field(0.85, gt=0, lt=1, description="smoothing of their uncertainty (EMA)")
+    orth_reg_weight: float = Field(
+        0.5, ge=0, description="weight of the orthogonality penalty on A and B, added to the loss"
+    )
+
+    @model_validator(mode="after")
+    def _budget_shrinks(self) -> AdaloraSection:
+        if self.target_r > self.init_r:
+            raise ValueError(f"target_r ({self.target_r}) must be at most init_r ({self.init_r})")
+        return self
+
+
 class HubData(Section):
     id: str = Field(description="hub dataset id, e.g. fancyzhx/ag_news")
     config: str | None = Field(None, description="dataset configuration, e.g. mrpc for nyu-mll/glue")
@@ -356,6 +380,7 @@ class Recipe(Section):
     lora: LoraSection = Field(default_factory=LoraSection)
     ia3: IA3Section = Field(default_factory=IA3Section)
     vera: VeraSection = Field(default_factory=VeraSection)
+    adalora: AdaloraSection = Field(default_factory=AdaloraSection)
     data: DataSection = Field(default_factory=DataSection)
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)

@@ -80,6 +80,7 @@ class StepResult:
     tokens: float
     lr: float
     grad_norm: float | None
+    facts: dict[str, float] = field(default_factory=dict)  # the method's (AdaLoRA's rank budget)
 
 
 class StopSignals:
@@ -140,6 +141,8 @@ class Trainer:
         self.run, self.trackers, self.stop = run, trackers, stop
         self.started, self.wall_before = started, 0.0  # wall_before: earlier sessions (resume)
         self.progress = Progress()
+        self.method = method_of(recipe)
+        self.plain_model = accelerator.unwrap_model(self.model)  # what the method's hooks read
         self.total_steps = self.order.total_steps(recipe.train.epochs, recipe.train.max_steps)
         self.eval_every = recipe.train.eval_every or self.order.steps_per_epoch
         self.metric = recipe.eval.metric or task.default_metric
@@ -187,11 +190,18 @@ class Trainer:
             self.interrupt()
         self.model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.accelerator.device)
+        facts: dict[str, float] = {}
         for index, batch in enumerate(micro_batches):
-            with self.micro_step(last=index == len(micro_batches) - 1):
+            last = index == len(micro_batches) - 1
+            with self.micro_step(last=last):
                 with self.accelerator.autocast():  # the loss too, not only the model's forward
                     summed = self.task.loss_sum(self.model, self.to_device(batch))
-                self.accelerator.backward(summed * self.accelerator.num_processes / max(targets, 1))
+                objective = summed * self.accelerator.num_processes / max(targets, 1)
+                penalty = self.method.regulariser(self.plain_model) if last else None
+                if penalty is not None:  # once a step, whatever the split (AdaLoRA's)
+                    objective = objective + penalty
+                    facts["regulariser"] = float(penalty.detach())
+                self.accelerator.backward(objective)
             loss_sum += summed.detach()
         max_norm = self.recipe.train.max_grad_norm or math.inf  # inf: measure, do not clip
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
@@ -201,9 +211,10 @@ class Trainer:
         self.optimizer.step()
         if not self.accelerator.optimizer_step_was_skipped:  # fp16: a step with inf gradients
             self.scheduler.step()
+        facts.update(self.method.after_optimizer_step(self.plain_model, step))
         self.optimizer.zero_grad(set_to_none=True)
         norm = None if grad_norm is None else float(grad_norm)
-        return StepResult(global_loss_sum, targets, tokens, lr, norm)
+        return StepResult(global_loss_sum, targets, tokens, lr, norm, facts)
 
     @contextlib.contextmanager
     def micro_step(self, last: bool):
@@ -237,6 +248,7 @@ class Trainer:
                 "grad_norm": result.grad_norm,
                 "tokens": progress.train_tokens,  # non-padding, since the start of the run
                 "tokens_per_s": rate,
+                **result.facts,
             }
             self.log(record)
             progress.window_loss, progress.window_targets = 0.0, 0.0
@@ -307,12 +319,14 @@ class Trainer:
         counters = {**asdict(self.progress), "saved_step": self.progress.step}
         counters["scheduler"] = self.scheduler.state_dict()  # plain numbers: JSON, not a pickle
         counters["num_processes"] = self.accelerator.num_processes
+        method_tensors, counters["method_state"] = self.method.training_state(self.plain_model)
         save_training_state(
             self.accelerator,
             RunDirectory(self.recipe.run_dir).train_state_path,
             self.progress.step,
             counters,
             self.recipe.train.keep_last,
+            method_tensors,
         )
         self.progress.saved_step = self.progress.step
         self.progress.save_s += time.perf_counter() - tick
@@ -322,9 +336,8 @@ class Trainer:
         state_dict = self.accelerator.get_state_dict(self.model)
         if self.run is not None:
             info = {"step": self.progress.step, "eval": self.progress.last_eval}
-            unwrapped = self.accelerator.unwrap_model(self.model)
             save_checkpoint(
-                self.run.checkpoint(name), unwrapped, state_dict, self.tokenizer, method_of(self.recipe), info
+                self.run.checkpoint(name), self.plain_model, state_dict, self.tokenizer, self.method, info
             )
         self.accelerator.wait_for_everyone()
 

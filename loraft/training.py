@@ -44,7 +44,12 @@ from loraft.tasks.base import Task
 from loraft.tokenizer import load_tokenizer
 from loraft.trackers import Trackers, require_trackers
 from loraft.trainer import Progress, StopSignals, Trainer, TrainingParts, evaluate_model
-from loraft.training_state import keep_only_trainable_weights, load_training_state, saved_states
+from loraft.training_state import (
+    keep_only_trainable_weights,
+    load_training_state,
+    read_method_tensors,
+    saved_states,
+)
 
 
 @dataclass
@@ -282,6 +287,7 @@ def training_parts(
         len(train_set), train.batch_size, train.grad_accum, accelerator.num_processes, train.seed, lengths
     )
     total_steps = order.total_steps(recipe.train.epochs, recipe.train.max_steps)
+    method_of(recipe).start_training(model, recipe, total_steps)
     optimizer = method_of(recipe).optimizer(model, recipe)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, round(recipe.train.warmup_ratio * total_steps), total_steps
@@ -315,6 +321,9 @@ def periodic_eval_set(recipe: Recipe, eval_set):
 def resume_trainer(trainer: Trainer, state: Path) -> None:
     """Restore weights, optimizer, schedule, RNG and counters; the step budget may have grown."""
     counters = load_training_state(trainer.accelerator, state, trainer.scheduler)
+    trainer.method.load_training_state(
+        trainer.plain_model, read_method_tensors(state), counters.get("method_state") or {}
+    )
     known = {f.name for f in fields(Progress)}
     trainer.progress = Progress(**{k: v for k, v in counters.items() if k in known})
     trainer.wall_before = trainer.progress.wall_s

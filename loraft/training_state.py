@@ -32,6 +32,7 @@ RNG_STATE_NAME = "random_states"  # accelerate's: random_states_<process>.pkl
 LEGACY_SCHEDULE = "custom_checkpoint_0.pkl"  # where loraft 0.2 let accelerate pickle the schedule
 DAMAGED_HINT = "resume from an earlier state (train.keep_last) or start again with --overwrite"
 TRAINABLE_FILE = "trainable.safetensors"
+METHOD_FILE = "method_state.safetensors"
 
 
 def keep_only_trainable_weights(accelerator: Accelerator, model: torch.nn.Module) -> None:
@@ -53,10 +54,16 @@ def keep_only_trainable_weights(accelerator: Accelerator, model: torch.nn.Module
 
 
 def save_training_state(
-    accelerator: Accelerator, folder: Path, step: int, counters: dict[str, Any], keep_last: int
+    accelerator: Accelerator,
+    folder: Path,
+    step: int,
+    counters: dict[str, Any],
+    keep_last: int,
+    method_tensors: dict[str, torch.Tensor],
 ) -> None:
     """Write the state after optimizer step `step` (every process takes part; the main one
-    renames it into place), then keep the newest `keep_last` states in `folder`."""
+    renames it into place), then keep the newest `keep_last` states in `folder`.
+    `method_tensors`: the method's own state (AdaLoRA's importance scores), if any."""
     final = state_folder(folder, step)
     staging = staging_copy(final)
     if accelerator.is_main_process:
@@ -67,6 +74,8 @@ def save_training_state(
     accelerator.wait_for_everyone()  # every process's files are written before the rename
     if accelerator.is_main_process:
         (staging / TRAINER_STATE).write_text(json.dumps({"step": step, **counters}, indent=2) + "\n")
+        if method_tensors:
+            save_file(method_tensors, staging / METHOD_FILE)
         if final.exists():
             shutil.rmtree(final)
         os.rename(staging, final)
@@ -127,6 +136,17 @@ class _StateHolder:
 
     def load_state_dict(self, state: dict) -> None:
         self.state = state
+
+
+def read_method_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """The method's own tensors of a state folder (none for most methods)."""
+    path = folder / METHOD_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return load_file(path)
+    except Exception as error:
+        raise LoraftError(f"{path}: cannot be read ({_reason(error)}); {DAMAGED_HINT}") from None
 
 
 def read_counters(folder: Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import read_records
 from peft import PeftModel
 from test_families import case_recipe, logits_of, train_losses, trainable_weights
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -27,7 +28,9 @@ VARIANTS = {  # name -> (method, its settings)
     "ia3": ("ia3", ["train.lr=3e-2"]),  # PEFT's default targets for the family
     "pissa": ("lora", ["lora.init=pissa_niter_4", "lora.dropout=0"]),  # saved converted for the base
     "olora": ("lora", ["lora.init=olora"]),
-    "vera": ("vera", ["vera.r=16", "train.lr=3e-2"]),  # on nn.Linear layers only: not GPT-2's Conv1D
+    "vera": ("vera", ["vera.r=16", "train.lr=3e-2"]),
+    # ranks pruned from step 2 on (4 -> 2 a layer), fixed for the last step
+    "adalora": ("adalora", ["adalora.init_r=4", "adalora.target_r=2", "adalora.tinit=1", "adalora.tfinal=1"]),
 }
 ON_GPT2 = [variant for variant in VARIANTS if variant != "olora"]
 
@@ -184,3 +187,80 @@ def test_a_pissa_checkpoint_is_a_plain_lora_adapter_of_twice_the_rank(
         True,
     )
     assert result.model.peft_config["default"].r == 4  # the trained model keeps its rank
+
+
+def adalora_recipe(family_dirs: dict, tmp_path: Path, *overrides: str):
+    return quick_recipe(
+        family_dirs["gpt2"],
+        tmp_path / "adalora",
+        "adalora",
+        "adalora.init_r=4",
+        "adalora.target_r=2",
+        "adalora.tinit=2",
+        "adalora.tfinal=2",
+        "train.max_steps=8",
+        "train.save_every=8",
+        "train.eval_every=8",
+        *overrides,
+    )
+
+
+def test_adaloras_regulariser_is_pefts_and_in_every_steps_loss(
+    family_dirs: dict, tmp_path: Path, monkeypatch
+) -> None:
+    """The penalty equals what PEFT adds to a returned `.loss`, and the trainer backpropagates
+    the token loss plus it, once a step."""
+    from accelerate import Accelerator
+
+    from loraft.methods import apply_method
+
+    recipe = adalora_recipe(family_dirs, tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(family_dirs["gpt2"])
+    ids = tokenizer(["Why so serious?"], return_tensors="pt")["input_ids"]
+    model = apply_method(AutoModelForCausalLM.from_pretrained(family_dirs["gpt2"]), recipe, "causal_lm")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_" in name:
+                parameter.normal_(0, 0.3)  # away from orthogonal: a penalty well above zero
+        with_penalty = model(input_ids=ids, labels=ids).loss
+        model.peft_config["default"].orth_reg_weight = 0.0
+        without = model(input_ids=ids, labels=ids).loss
+        model.peft_config["default"].orth_reg_weight = 0.5
+        penalty = METHODS["adalora"].regulariser(model)
+    assert float(penalty) > 0.1
+    torch.testing.assert_close(penalty, with_penalty - without)
+
+    backpropagated = []
+    real_backward = Accelerator.backward
+
+    def recording_backward(self, loss, **kwargs):
+        backpropagated.append(float(loss.detach()))
+        return real_backward(self, loss, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "backward", recording_backward)
+    train_recipe(adalora_recipe(family_dirs, tmp_path, "train.batch_size=4", "train.grad_accum=2"))
+    records = read_records(tmp_path / "adalora", "train")
+    assert len(backpropagated) == 2 * len(records) == 16  # two micro-batches a step
+    for step, record in enumerate(records):
+        first, second = backpropagated[2 * step : 2 * step + 2]
+        assert record["regulariser"] > 0
+        assert first + second == pytest.approx(record["loss"] + record["regulariser"], rel=1e-5)
+
+
+def test_adaloras_rank_budget_shrinks_on_its_schedule(family_dirs: dict, tmp_path: Path) -> None:
+    """2 layers of rank 4 (8) pruned by the cubic schedule after tinit to 2 each (4), fixed for
+    the last tfinal steps; the checkpoint keeps only the ranks left."""
+    import json
+
+    from safetensors.torch import load_file
+
+    result = train_recipe(adalora_recipe(family_dirs, tmp_path))
+    budgets = [record["rank_budget"] for record in read_records(tmp_path / "adalora", "train")]
+    schedule = result.model.base_model.rankallocator.budget_schedule
+    assert budgets == [schedule(step)[0] for step in range(1, 9)]
+    assert budgets[0] == 8 and budgets[2] < 8 and budgets[-3:] == [4, 4, 4]
+    last = tmp_path / "adalora" / "checkpoints" / "last"
+    pattern = json.loads((last / "adapter_config.json").read_text())["rank_pattern"]
+    assert sum(sum(kept) for kept in pattern.values()) == 4
+    ranks = [t.shape[0] for k, t in load_file(last / "adapter_model.safetensors").items() if "lora_A" in k]
+    assert sum(ranks) == 4

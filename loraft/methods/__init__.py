@@ -7,6 +7,7 @@ nothing else compares the method's name. Adding a method is one module here and 
 
 from __future__ import annotations
 
+from loraft.methods.adalora import AdaloraMethod
 from loraft.methods.base import Method
 from loraft.methods.full import FullMethod
 from loraft.methods.head import HeadMethod
@@ -15,7 +16,15 @@ from loraft.methods.lora import LoraMethod
 from loraft.methods.vera import VeraMethod
 
 METHODS: dict[str, Method] = {
-    method.name: method for method in (FullMethod(), LoraMethod(), HeadMethod(), IA3Method(), VeraMethod())
+    method.name: method
+    for method in (
+        FullMethod(),
+        LoraMethod(),
+        HeadMethod(),
+        IA3Method(),
+        VeraMethod(),
+        AdaloraMethod(),
+    )
 }
 
 

@@ -37,6 +37,27 @@ class Method:
         """The model ready to train: only what the method trains requires gradients."""
         raise NotImplementedError
 
+    def start_training(self, model: torch.nn.Module, recipe: Recipe, total_steps: int) -> None:
+        """Called once the run's step count is known, before its first step."""
+
+    def regulariser(self, model: torch.nn.Module) -> torch.Tensor | None:
+        """A term added once to every optimizer step's loss; None: the token loss alone."""
+        return None
+
+    def after_optimizer_step(self, model: torch.nn.Module, step: int) -> dict[str, float]:
+        """Called after each optimizer step, before the gradients are cleared; what it returns
+        is logged with the step."""
+        return {}
+
+    def training_state(self, model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """What an exact resume needs beyond the weights and the optimizer: (tensors, JSON facts)."""
+        return {}, {}
+
+    def load_training_state(
+        self, model: torch.nn.Module, tensors: dict[str, torch.Tensor], facts: dict[str, Any]
+    ) -> None:
+        """Restore what `training_state` saved."""
+
     def describe(self, model: torch.nn.Module, recipe: Recipe) -> list[str]:
         """Lines printed at the start of a run and in `loraft plan` (which layers it adapts)."""
         return []
