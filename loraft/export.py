@@ -37,6 +37,8 @@ def export_run(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LoraftError(f"--out: {out} already exists and is not empty; choose a new folder")
     recipe = run.read_recipe(grants=grants)
+    if merge and method_of(recipe).merge_refusal:
+        raise LoraftError(method_of(recipe).merge_refusal)
     model, tokenizer = load_trained_model(run, checkpoint, recipe)
     family = architecture_name(model)
     exported, adapter = method_of(recipe).exported(model, merge)

@@ -37,6 +37,7 @@ from transformers import (
 )
 
 from loraft.checks import check_generation, context_of
+from loraft.errors import LoraftError
 from loraft.recipe import GenerationSection
 
 
@@ -181,6 +182,11 @@ def _make_decoder(
     if settings.context_window is None:
         config = _generation_config(settings, eos_token_id, pad_token_id, use_cache)
         return functools.partial(_standard_decode, model, config, eos_token_id)
+    if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
+        raise LoraftError(
+            "generation.context_window: the shortened-context decoder cannot carry prompt tuning's "
+            "virtual tokens; generate without a context window"
+        )
     cap = context if settings.context_mode == "reencode" else None
     windows = WindowSampler(settings.context_window, settings.seed, cap)
     sampler = torch.Generator(device=device).manual_seed(settings.seed)

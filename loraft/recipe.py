@@ -367,6 +367,23 @@ class StudySection(Section):
     )
 
 
+class PromptTuningSection(Section):
+    """`method: prompt_tuning`: trained embeddings of virtual tokens put before every row."""
+
+    num_virtual_tokens: int = Field(20, ge=1, le=4096, description="virtual tokens put before each row")
+    init: Literal["random", "sample_vocab", "text"] = Field(
+        "random",
+        description="random; sample_vocab: embeddings of random vocabulary tokens; text: init_text's",
+    )
+    init_text: str | None = Field(None, description="the text whose token embeddings start them (init: text)")
+
+    @model_validator(mode="after")
+    def _text_for_text(self) -> PromptTuningSection:
+        if (self.init == "text") != bool(self.init_text and self.init_text.strip()):
+            raise ValueError("init_text is needed with init: text, and only then")
+        return self
+
+
 class Recipe(Section):
     """A whole run: model, method, task, data, training, evaluation and generation."""
 
@@ -381,6 +398,7 @@ class Recipe(Section):
     ia3: IA3Section = Field(default_factory=IA3Section)
     vera: VeraSection = Field(default_factory=VeraSection)
     adalora: AdaloraSection = Field(default_factory=AdaloraSection)
+    prompt_tuning: PromptTuningSection = Field(default_factory=PromptTuningSection)
     data: DataSection = Field(default_factory=DataSection)
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)

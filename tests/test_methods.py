@@ -15,6 +15,7 @@ from peft import PeftModel
 from test_families import case_recipe, logits_of, train_losses, trainable_weights
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from loraft.errors import LoraftError
 from loraft.export import export_run
 from loraft.methods import METHODS
 from loraft.models.loading import count_parameters
@@ -30,6 +31,7 @@ VARIANTS = {  # name -> (method, its settings)
     "olora": ("lora", ["lora.init=olora"]),
     "vera": ("vera", ["vera.r=16", "train.lr=3e-2"]),
     # ranks pruned from step 2 on (4 -> 2 a layer), fixed for the last step
+    "prompt_tuning": ("prompt_tuning", ["prompt_tuning.num_virtual_tokens=4", "train.lr=3e-2"]),
     "adalora": ("adalora", ["adalora.init_r=4", "adalora.target_r=2", "adalora.tinit=1", "adalora.tfinal=1"]),
 }
 ON_GPT2 = [variant for variant in VARIANTS if variant != "olora"]
@@ -60,10 +62,15 @@ def test_each_variant_trains_exports_and_resumes(
 
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "whole" / "checkpoints" / "last")
     expected = logits_of(result.model, tokenizer)
-    merged = export_run(tmp_path / "whole", tmp_path / "merged", merge=True, checkpoint="last")
-    torch.testing.assert_close(
-        logits_of(AutoModelForCausalLM.from_pretrained(merged), tokenizer), expected, rtol=1e-5, atol=1e-5
-    )
+    if METHODS[method].merge_refusal:
+        with pytest.raises(LoraftError, match="^export --merge: "):
+            export_run(tmp_path / "whole", tmp_path / "merged", merge=True, checkpoint="last")
+        assert not (tmp_path / "merged").exists()
+    else:
+        merged = export_run(tmp_path / "whole", tmp_path / "merged", merge=True, checkpoint="last")
+        torch.testing.assert_close(
+            logits_of(AutoModelForCausalLM.from_pretrained(merged), tokenizer), expected, rtol=1e-5, atol=1e-5
+        )
     adapter = export_run(tmp_path / "whole", tmp_path / "adapter", checkpoint="last")
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter)
     torch.testing.assert_close(logits_of(reloaded, tokenizer), expected, rtol=1e-5, atol=1e-5)
@@ -264,3 +271,53 @@ def test_adaloras_rank_budget_shrinks_on_its_schedule(family_dirs: dict, tmp_pat
     assert sum(sum(kept) for kept in pattern.values()) == 4
     ranks = [t.shape[0] for k, t in load_file(last / "adapter_model.safetensors").items() if "lora_A" in k]
     assert sum(ranks) == 4
+
+
+def test_prompt_tunings_loss_is_pefts_on_the_rows_own_tokens(family_dirs: dict, tmp_path: Path) -> None:
+    """The virtual tokens come first in the outputs: loraft's token loss, read from the last
+    positions, equals PEFT's own `.loss` (which prefixes the labels with ignored ones) on the
+    targets a run without them has (a row's first token is predicted by nothing there)."""
+    from loraft.methods import apply_method
+    from loraft.tasks.causal_lm import pad_right, token_loss_sum
+
+    recipe = quick_recipe(family_dirs["llama"], tmp_path, "prompt_tuning", "prompt_tuning.init=sample_vocab")
+    model = apply_method(AutoModelForCausalLM.from_pretrained(family_dirs["llama"]), recipe, "causal_lm")
+    tokenizer = AutoTokenizer.from_pretrained(family_dirs["llama"])
+    rows = [tokenizer("Why so serious?")["input_ids"], tokenizer("a b c d e f g h")["input_ids"]]
+    batch = pad_right([{"input_ids": ids} for ids in rows], tokenizer.pad_token_id)
+    model.eval()
+    with torch.no_grad():
+        ours = token_loss_sum(model, batch) / (batch["labels"][:, 1:] != -100).sum()
+        labels = batch["labels"].clone()
+        labels[:, 0] = -100
+        peft = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
+    torch.testing.assert_close(ours, peft.loss, rtol=1e-6, atol=1e-6)
+
+
+def test_prompt_tuning_trains_unpacked_saying_so_and_refuses_what_it_cannot(
+    family_dirs: dict, tmp_path: Path, loraft, capsys
+) -> None:
+    recipe = quick_recipe(
+        family_dirs["gpt2"], tmp_path / "run", "prompt_tuning", "train.max_steps=1", "data.packing=true"
+    )
+    train_recipe(recipe)
+    assert (
+        "data.packing: prompt tuning puts its virtual tokens before each row, and a packed row holds "
+        "several; training on padded rows instead (data.packing=false)"
+    ) in capsys.readouterr().out
+    code, out, err = loraft("export", str(tmp_path / "run"), "--out", str(tmp_path / "merged"), "--merge")
+    assert code == 2 and err.strip().splitlines() == [
+        "error: export --merge: prompt tuning adds virtual tokens, not weights: there is nothing to fold "
+        "into the model; export the adapter (without --merge)"
+    ]
+    assert not (tmp_path / "merged").exists()
+    prompt = ["--prompt", "Why so serious?", "--max-new-tokens", "4"]
+    code, out, err = loraft("generate", str(tmp_path / "run"), *prompt)
+    assert code == 0 and out.startswith("Why so serious?")  # PEFT's generate puts the tokens first
+    code, out, err = loraft("generate", str(tmp_path / "run"), *prompt, "--context-window", "4")
+    assert code == 2 and err.strip().splitlines() == [
+        "error: generation.context_window: the shortened-context decoder cannot carry prompt "
+        "tuning's virtual tokens; generate without a context window"
+    ]
+    code, out, err = loraft("validate", "--no-data", "recipes/sst-lora.yaml", "method=prompt_tuning")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "is for tasks that generate text" in err

@@ -59,7 +59,7 @@ def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
         ("task: news\nlora: {rank: 4}\n", [], "unknown key 'lora.rank'"),
         ("task: news\nmethd: lora\n", [], "did you mean 'method'?"),
         ("task: news\n", ["train.batch_size=abc"], "train.batch_size"),
-        ("task: news\n", ["method=qlora"], "method: Input should be 'full', 'lora', 'head', 'ia3', 'vera' or 'adalora'"),
+        ("task: news\n", ["method=qlora"], "method: Input should be 'full', 'lora', 'head', 'ia3', 'vera'"),
         ("task: poetry\n", [], "task: 'poetry' is not a task: use one of classification, news"),
         ("method: lora\n", [], "missing required key 'task'"),
         ("task: news\nmethod: head\n", [], "method 'head' trains only a classification head"),
@@ -202,5 +202,5 @@ def test_a_run_folders_recipe_with_every_section_still_reads(tmp_path: Path) -> 
     assert "lora:" in legacy and "lora:" not in recipe.to_yaml()
     path = write(tmp_path, legacy, "recipe.yaml")
     assert load_recipe(path, other_methods="drop") == recipe
-    with pytest.raises(LoraftError, match=r"recipe.yaml:\d+: (lora|ia3|vera|adalora): belongs to method"):
+    with pytest.raises(LoraftError, match=r"recipe.yaml:\d+: [a-z_0-9]+: belongs to method"):
         load_recipe(path)

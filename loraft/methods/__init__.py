@@ -13,6 +13,7 @@ from loraft.methods.full import FullMethod
 from loraft.methods.head import HeadMethod
 from loraft.methods.ia3 import IA3Method
 from loraft.methods.lora import LoraMethod
+from loraft.methods.prompt_tuning import PromptTuningMethod
 from loraft.methods.vera import VeraMethod
 
 METHODS: dict[str, Method] = {
@@ -24,6 +25,7 @@ METHODS: dict[str, Method] = {
         IA3Method(),
         VeraMethod(),
         AdaloraMethod(),
+        PromptTuningMethod(),
     )
 }
 

@@ -21,6 +21,8 @@ class Method:
     is_baseline: ClassVar[bool] = False  # what `compare` measures every other method against
     needs_base: ClassVar[bool] = True  # its checkpoints are applied on top of the base weights
     trains_layers_below_head: ClassVar[bool] = True  # activations of every layer kept for backward
+    packing_problem: ClassVar[str | None] = None  # why it cannot train on packed rows, if so
+    merge_refusal: ClassVar[str | None] = None  # why `export --merge` cannot fold it in, if so
 
     def recipe_problem(self, recipe: Recipe) -> str | None:
         """A reason the method cannot serve this recipe's task, or None."""

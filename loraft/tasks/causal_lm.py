@@ -84,9 +84,14 @@ class CausalLMTask(Task):
 
     def fit_to_model(self, model: torch.nn.Module) -> list[str]:
         """Padded rows instead of packed ones for a model loraft cannot pack, said in one line."""
+        from loraft.methods import method_of
         from loraft.packing import packing_problem
 
-        problem = packing_problem(model, self.recipe.data.max_length) if self.packing else None
+        problem = None
+        if self.packing:
+            problem = method_of(self.recipe).packing_problem or packing_problem(
+                model, self.recipe.data.max_length
+            )
         if problem is None:
             return []
         self.packing = False
@@ -253,7 +258,12 @@ def final_hidden_states(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
     none = torch.zeros(0, dtype=torch.long, device=batch["input_ids"].device)
     outputs = model(**model_inputs(model, batch), logits_to_keep=none, output_hidden_states=True)
-    return outputs.hidden_states[-1]
+    return without_virtual_tokens(outputs.hidden_states[-1], batch)
+
+
+def without_virtual_tokens(outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """The positions of the batch's own tokens: prompt tuning's virtual tokens come first."""
+    return outputs[:, -batch["input_ids"].shape[1] :]
 
 
 def logits_token_losses(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -265,7 +275,7 @@ def logits_token_losses(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """
     import torch.nn.functional as F
 
-    logits = model(**model_inputs(model, batch)).logits
+    logits = without_virtual_tokens(model(**model_inputs(model, batch)).logits, batch)
     shifted = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
     targets = batch["labels"][:, 1:].reshape(-1)
     losses = F.cross_entropy(shifted, targets, ignore_index=IGNORE_INDEX, reduction="none")
