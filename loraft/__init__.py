@@ -1,5 +1,6 @@
 """loraft: fine-tune GPT-2 with LoRA or full fine-tuning, and see what LoRA bought you."""
 
+import logging
 import os
 
 # oneDNN (PyTorch's bf16 matrix products on CPUs) keeps a compiled kernel for every distinct
@@ -13,6 +14,11 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
 from loraft.errors import LoraftError
 from loraft.recipe import Recipe
 from loraft.recipe_files import load_recipe
+
+# PEFT imports bitsandbytes wherever it is installed, and bitsandbytes then warns on every
+# command that its CPU inference kernel (fetched from the hub) is missing: loraft does not use
+# that kernel (see loraft.models.quantize).
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 __all__ = ["LoraftError", "Recipe", "load_recipe"]
 __version__ = "0.2.0"

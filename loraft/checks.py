@@ -19,6 +19,7 @@ from pathlib import Path
 from loraft.errors import LoraftError
 from loraft.methods import method_of
 from loraft.models import known_config, scratch_fields, shape_of
+from loraft.models.quantize import check_quantization
 from loraft.recipe import GenerationSection, Recipe
 from loraft.text_metrics import parse_metric_spec
 
@@ -31,6 +32,7 @@ def check_recipe(recipe: Recipe, roots: list[Path] | None = None, evaluation_onl
     task_class = TASK_CLASSES[recipe.task]
     task_class.check_recipe(recipe)
     check_training(recipe)
+    check_quantization(recipe)
     facts = model_facts(recipe)
     context = context_of(facts) if facts else None
     check_context(recipe, context)

@@ -39,6 +39,12 @@ def export_run(
     recipe = run.read_recipe(grants=grants)
     if merge and method_of(recipe).merge_refusal:
         raise LoraftError(method_of(recipe).merge_refusal)
+    if merge and recipe.model.quantize:
+        raise LoraftError(
+            "export --merge: the run trained on a 4-bit base (model.quantize); merging would "
+            "quantize the update into it (lossy), and a full-precision base is not the one it "
+            "trained on: export the adapter (without --merge), for the 4-bit base"
+        )
     model, tokenizer = load_trained_model(run, checkpoint, recipe)
     family = architecture_name(model)
     exported, adapter = method_of(recipe).exported(model, merge)

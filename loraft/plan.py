@@ -47,6 +47,7 @@ def plan_recipe(recipe: Recipe) -> dict:
         described = method_of(recipe).describe(base, recipe)
         model = apply_method(base, recipe, kind)
     trainable, total = count_parameters(model)
+    quantized = quantized_params(base) if recipe.model.quantize else 0
     family = architecture_for(config.model_type)
     return {
         "model": recipe.model.name or "scratch",
@@ -59,14 +60,30 @@ def plan_recipe(recipe: Recipe) -> dict:
         "batch_size": recipe.train.batch_size,
         "max_length": recipe.data.max_length,
         "precision": resolve_precision(recipe.train.precision),
-        "memory_mb": estimate_memory_mb(recipe, shape_of(config.to_dict()), trainable, total),
+        "memory_mb": estimate_memory_mb(recipe, shape_of(config.to_dict()), trainable, total, quantized),
     }
 
 
-def estimate_memory_mb(recipe: Recipe, shape: ModelShape, trainable: int, total: int) -> dict:
+def quantized_params(model: torch.nn.Module) -> int:
+    """The weights `model.quantize: 4bit` stores in NF4: every matrix product's but the output
+    layer's (transformers keeps it in full precision)."""
+    from loraft.models.targets import linear_types
+
+    output = model.get_output_embeddings()
+    return sum(
+        module.weight.numel()
+        for module in model.modules()
+        if isinstance(module, linear_types()) and module is not output
+    )
+
+
+def estimate_memory_mb(
+    recipe: Recipe, shape: ModelShape, trainable: int, total: int, quantized: int = 0
+) -> dict:
     """Weights, gradients, AdamW state and activations, in MiB (an estimate, not a measurement).
 
-    Weights stay fp32 under mixed precision (autocast keeps fp32 masters). Activations follow
+    Weights stay fp32 under mixed precision (autocast keeps fp32 masters); the `quantized` ones
+    take half a byte each, and a byte of scale for every 64 (NF4, double-quantised). Activations follow
     Korthikanti et al. (2022): per layer about seq*batch*hidden*(34 + 5*heads*seq/hidden)
     bytes at 16 bits, twice that in fp32; the logits and their gradient come on top.
     """
@@ -84,7 +101,7 @@ def estimate_memory_mb(recipe: Recipe, shape: ModelShape, trainable: int, total:
     outputs = len(recipe.data.labels or ["0", "1"]) if recipe.task_kind == "classification" else shape.vocab
     logits = batch * seq * outputs * 4 * 2
     memory = {
-        "weights": total * 4,
+        "weights": (total - quantized) * 4 + quantized * (0.5 + 1 / 64),
         "gradients": trainable * 4,
         "optimizer": trainable * 8,
         "activations": layers_kept + logits,

@@ -115,6 +115,11 @@ class ModelSection(Section):
         8000, ge=300, description="vocabulary of a byte-level BPE trained on the recipe's data"
     )
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    quantize: Literal["4bit"] | None = Field(
+        None,
+        description="4bit: the base's linear layers in NF4 (bitsandbytes), LoRA on top: QLoRA; "
+        "needs the qlora extra",
+    )
     trust_remote_code: bool = Field(
         False, description="the model's own code; runs only with --trust-remote-code on the command line"
     )
@@ -123,6 +128,8 @@ class ModelSection(Section):
     def _one_source(self) -> ModelSection:
         if self.config is not None and self.name and "name" in self.model_fields_set:
             raise ValueError("give either model.name (a checkpoint) or model.config (from scratch)")
+        if self.config is not None and self.quantize:
+            raise ValueError("model.quantize: a model trained from scratch has no weights to quantize")
         if self.config is not None:
             self.name = None
         elif not self.name:
@@ -430,6 +437,15 @@ class Recipe(Section):
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ValueError(f"'{task}' is not a task: use one of {', '.join(TASK_CLASSES)}{hint}")
         return task
+
+    @model_validator(mode="after")
+    def _quantized_bases_train_lora(self) -> Recipe:
+        if self.model.quantize and self.method != "lora":
+            raise ValueError(
+                f"model.quantize: a 4-bit base trains LoRA adapters (QLoRA), not method '{self.method}'; "
+                "use method: lora, or remove model.quantize"
+            )
+        return self
 
     @model_validator(mode="after")
     def _method_fits_the_task(self) -> Recipe:

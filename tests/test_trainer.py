@@ -150,6 +150,7 @@ def test_the_same_recipe_twice_writes_the_same_metrics(tiny_model_dir: Path, tmp
     assert first == second and len(first) == 4  # evals at 0, 3 and 6; the loss at 6 (log_every 10)
 
 
+@pytest.mark.matrix  # 16 s of two launched processes: in .ci/run, not the README command
 def test_two_processes_of_four_equal_one_of_eight(tiny_model_dir: Path, tmp_path: Path) -> None:
     """`torchrun --nproc_per_node 2` (gloo): one run directory, the same losses and weights."""
     single_records, single_weights = train_split(tiny_model_dir, tmp_path / "one", 8, 1)

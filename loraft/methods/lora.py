@@ -81,14 +81,14 @@ class LoraMethod(AdapterMethod):
         """The targets match layers, and the rank is no larger than the narrowest of them (a
         rank beyond it adds parameters and no expressiveness)."""
         from loraft.errors import LoraftError
-        from loraft.models.targets import stores_transposed
+        from loraft.models.targets import layer_shape, stores_transposed
 
         self.peft_config(model, recipe, kind)
         modules = dict(model.named_modules())
         layers = [name for names in self.targets(model, recipe).values() for name in names]
         if recipe.lora.init == "olora" and stores_transposed(model, layers):
             raise LoraftError(OLORA_ON_CONV1D)
-        narrowest = min(min(modules[name].weight.shape) for name in layers)
+        narrowest = min(min(layer_shape(modules[name])) for name in layers)
         if recipe.lora.r > narrowest:
             raise LoraftError(
                 f"lora.r: {recipe.lora.r} is more than the narrowest adapted layer's width ({narrowest}); "

@@ -25,6 +25,7 @@ from transformers import (
 from loraft.errors import LoraftError
 from loraft.hub import go_offline_unless_reachable, is_local, offline_hint
 from loraft.models import Architecture, architecture_for, scratch_fields
+from loraft.models.quantize import keep_training_kernels, quantization_options
 from loraft.models.targets import linear_types
 from loraft.packing import use_packed_attention
 from loraft.tokenizer import load_tokenizer, train_byte_level_bpe
@@ -79,6 +80,7 @@ def load_base_model(
         raise LoraftError(f"{scratch_base}: the run's from-scratch base model is missing")
     labels = len(recipe.data.labels or []) if num_labels is None else num_labels
     options = {"num_labels": labels} if kind == "classification" else {}
+    options.update(quantization_options(recipe))
     if not is_local(source):
         go_offline_unless_reachable()
     try:
@@ -94,6 +96,7 @@ def load_base_model(
         raise LoraftError(f"model.name: cannot load '{source}': {reason}{hint}") from None
     check_vocabulary(base, tokenizer, source)
     base.config.pad_token_id = tokenizer.pad_token_id
+    keep_training_kernels(base)
     return with_fast_kernels(base)
 
 

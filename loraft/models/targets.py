@@ -101,6 +101,13 @@ def linear_types() -> tuple[type, ...]:
     return (torch.nn.Linear, Conv1D)
 
 
+def layer_shape(layer: torch.nn.Module) -> tuple[int, int]:
+    """(outputs, inputs) of a matrix product; a 4-bit layer's weight is stored packed."""
+    if hasattr(layer, "in_features"):
+        return layer.out_features, layer.in_features
+    return tuple(layer.weight.shape)
+
+
 def stores_transposed(model: torch.nn.Module, names: list[str]) -> bool:
     """Whether the layers keep their weights (in, out), as GPT-2's Conv1D: PEFT's fan_in_fan_out."""
     from transformers.pytorch_utils import Conv1D
