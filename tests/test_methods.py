@@ -5,6 +5,8 @@ On GPT-2 in the default suite, on Llama too with `-m matrix` (as `.ci/run` runs 
 from __future__ import annotations
 
 import math
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ from loraft.export import export_run
 from loraft.methods import METHODS
 from loraft.models.loading import count_parameters
 from loraft.trainer import Trainer
-from loraft.training import train_recipe
+from loraft.training import TrainResult, train_recipe
 
 VARIANTS = {  # name -> (method, its settings)
     "rslora": ("lora", ["lora.use_rslora=true"]),
@@ -75,22 +77,78 @@ def test_each_variant_trains_exports_and_resumes(
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter)
     torch.testing.assert_close(logits_of(reloaded, tokenizer), expected, rtol=1e-5, atol=1e-5)
 
+    resumed = crash_after_step_3_then_resume(
+        monkeypatch, lambda *more: train_recipe(recipe("crashed", *more))
+    )
+    np.testing.assert_allclose(train_losses(tmp_path / "crashed"), losses, rtol=1e-6)
+    for name, weight in trainable_weights(resumed.model).items():
+        torch.testing.assert_close(weight, trainable_weights(result.model)[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("variant", ON_GPT2)
+def test_each_variant_splits_and_packs_alike(
+    variant: str, family: str, family_dirs: dict, tmp_path: Path
+) -> None:
+    """Batch 8 x 1, 4 x 2 and padded rows instead of packed ones: the same losses."""
+    method, settings = VARIANTS[variant]
+
+    def losses_of(run: str, *more: str) -> list[float]:
+        train_recipe(
+            quick_recipe(family_dirs[family], tmp_path / run, method, "train.lr=5e-3", *settings, *more)
+        )
+        return train_losses(tmp_path / run)
+
+    whole = losses_of("whole")
+    np.testing.assert_allclose(
+        losses_of("split", "train.batch_size=4", "train.grad_accum=2"), whole, rtol=1e-5
+    )
+    np.testing.assert_allclose(losses_of("padded", "data.packing=false"), whole, rtol=1e-5)
+
+
+def crash_after_step_3_then_resume(monkeypatch, train: Callable[..., TrainResult]) -> TrainResult:
+    """`train()` stopped dead after step 3 (its last state is step 2's), then `train(resume)`."""
     real_step = Trainer.train_step
 
     def crash_after_step_3(self, step):
         outcome = real_step(self, step)
         if step == 3:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt  # as a kill would: no state saved for step 3
         return outcome
 
     monkeypatch.setattr(Trainer, "train_step", crash_after_step_3)
     with pytest.raises(KeyboardInterrupt):
-        train_recipe(recipe("crashed"))
+        train()
     monkeypatch.setattr(Trainer, "train_step", real_step)
-    resumed = train_recipe(recipe("crashed", "train.resume=true"))
-    np.testing.assert_allclose(train_losses(tmp_path / "crashed"), losses, rtol=1e-6)
-    for name, weight in trainable_weights(resumed.model).items():
-        torch.testing.assert_close(weight, trainable_weights(result.model)[name], rtol=1e-5, atol=1e-6)
+    return train("train.resume=true")
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("variant", ON_GPT2)
+def test_each_variant_resumes_after_sigkill_as_if_never_killed(
+    variant: str, family_dirs: dict, tmp_path: Path
+) -> None:
+    """A real `loraft train` process killed mid-run (SIGKILL: nothing runs on the way out)."""
+    from test_resume import losses, start, wait_for_step
+
+    from loraft.recipe_files import load_recipe
+
+    method, settings = VARIANTS[variant]
+    longer = ["train.max_steps=40", "train.save_every=5", "train.eval_every=40", "train.lr=5e-3", *settings]
+    for run in ("whole", "killed"):
+        recipe = quick_recipe(family_dirs["gpt2"], tmp_path / run, method, *longer)
+        (tmp_path / f"{run}.yaml").write_text(recipe.to_yaml())
+    train_recipe(load_recipe(tmp_path / "whole.yaml"))
+    process = start([str(tmp_path / "killed.yaml")])
+    wait_for_step(tmp_path / "killed", 8, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "killed" / "summary.json").exists()
+    train_recipe(load_recipe(tmp_path / "killed.yaml", ["train.resume=true"]))
+    expected, resumed = losses(tmp_path / "whole"), losses(tmp_path / "killed")
+    assert sorted(resumed) == list(range(1, 41))
+    np.testing.assert_allclose([resumed[step] for step in expected], list(expected.values()), rtol=1e-6)
 
 
 def quick_recipe(model_dir: Path, tmp_path: Path, method: str, *overrides: str):

@@ -12,13 +12,13 @@ import pytest
 import torch
 from peft import PeftModel
 from test_families import case_recipe, logits_of, train_losses, trainable_weights
+from test_methods import crash_after_step_3_then_resume
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from loraft.errors import LoraftError
 from loraft.export import export_run
 from loraft.models.quantize import keep_training_kernels
 from loraft.models.targets import linear_types
-from loraft.trainer import Trainer
 from loraft.training import train_recipe
 
 pytest.importorskip("bitsandbytes", reason="the qlora extra (bitsandbytes) is not installed")
@@ -79,19 +79,9 @@ def test_a_4bit_base_trains_lora_as_its_dequantized_weights_do(
     with pytest.raises(LoraftError, match="^export --merge: the run trained on a 4-bit base"):
         export_run(tmp_path / "qlora", tmp_path / "merged", merge=True, checkpoint="last")
 
-    real_step = Trainer.train_step
-
-    def crash_after_step_3(self, step):
-        outcome = real_step(self, step)
-        if step == 3:
-            raise KeyboardInterrupt
-        return outcome
-
-    monkeypatch.setattr(Trainer, "train_step", crash_after_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        train_recipe(recipe(model_dir, "crashed", "model.quantize=4bit"))
-    monkeypatch.setattr(Trainer, "train_step", real_step)
-    resumed = train_recipe(recipe(model_dir, "crashed", "model.quantize=4bit", "train.resume=true"))
+    resumed = crash_after_step_3_then_resume(
+        monkeypatch, lambda *more: train_recipe(recipe(model_dir, "crashed", "model.quantize=4bit", *more))
+    )
     np.testing.assert_allclose(train_losses(tmp_path / "crashed"), losses, rtol=1e-6)
     for name, weight in trainable_weights(resumed.model).items():
         torch.testing.assert_close(weight, trainable_weights(result.model)[name], rtol=1e-5, atol=1e-6)
