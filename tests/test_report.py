@@ -17,7 +17,7 @@ from conftest import RECIPES
 
 from loraft.cli import run as run_cli
 from loraft.errors import LoraftError
-from loraft.plots import write_plots
+from loraft.plots import frontier, write_plots
 from loraft.report import compare_runs, format_comparison, table_rows, write_tables
 from loraft.run_dir import RunDirectory
 from loraft.sweep import parse_grid, run_sweep, sweep_points
@@ -255,3 +255,68 @@ def test_a_killed_sweep_takes_its_child_with_it(tmp_path: Path) -> None:
         time.sleep(0.05)
     os.kill(child, signal.SIGKILL)
     pytest.fail("the child outlived the sweep")
+
+
+def test_a_sweep_over_methods_draws_one_frontier_line_per_method(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Every PEFT method and LoRA variant in one grid; what means nothing for a method runs once."""
+    grid = parse_grid(
+        [
+            "method=lora,ia3,vera,adalora,prompt_tuning,full",
+            "lora.use_dora=false,true",
+            "lora.r=1,2",
+        ]
+    )
+    settings = [*quick(tiny_model_dir), "vera.r=8", "adalora.init_r=2", "adalora.target_r=1"]
+    points = run_sweep(RECIPES / "joker.yaml", settings, grid, 1, tmp_path, launch=in_process, report=print)
+    assert len(points) == 9 and {point.status for point in points} == {"finished"}
+    comparison = compare_runs(sorted(tmp_path / point.name for point in points))
+    labels = {point.label for point in comparison.points}
+    assert labels == {
+        "lora r=1 attention",
+        "lora r=2 attention",
+        "dora r=1 attention",
+        "dora r=2 attention",
+        "ia3 default",
+        "vera r=8 default",
+        "adalora r=2->1 default",
+        "prompt_tuning 20 tokens random",
+        "full",
+    }
+    _, legend = frontier(comparison).axes[0].get_legend_handles_labels()
+    assert sorted(legend) == sorted(
+        [
+            "lora attention",
+            "dora attention",
+            "ia3 default",
+            "vera default",
+            "adalora default",
+            "prompt_tuning random",
+            "full fine-tuning",
+        ]
+    )
+    rows = {row["point"]: row for row in table_rows(comparison)}
+    assert rows["ia3 default"]["trainable_params"] == 2 * (3 * 64 + 4 * 64)  # c_attn out, c_proj in
+    assert all(row["trainable_params_vs_full"] < 0.1 for label, row in rows.items() if label != "full")
+    assert rows["dora r=1 attention"]["trainable_params"] > rows["lora r=1 attention"]["trainable_params"]
+
+
+def test_the_issues_method_sweep_lists_its_points_with_their_counts(loraft) -> None:
+    code, out, err = loraft(
+        "sweep",
+        "recipes/sst-lora.yaml",
+        "--grid",
+        "method=lora,ia3,full",
+        "--grid",
+        "lora.use_dora=false,true",
+        "--dry-run",
+    )
+    assert code == 0, err
+    listed = [line for line in out.splitlines() if " trainable (" in line]
+    assert [line.split(":")[1].split(" trainable")[0].strip() for line in listed] == [
+        "814,848",  # lora r=8 on c_attn + the head
+        "860,928",  # dora: one magnitude per output more
+        "68,352",
+        "124,443,648",
+    ]
