@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import os
+import platform
 import resource
 import sys
+from pathlib import Path
 
 import accelerate
 import peft
@@ -63,6 +67,24 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return kilobytes / 1024 if sys.platform != "darwin" else kilobytes / 2**20
+
+
+def machine_facts() -> dict:
+    """The CPU a speed was measured on (its model, vector capability, cores) and how busy the
+    machine was: figures from different CPUs, or a loaded one, do not compare."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": cpu_has_native_bf16(),
+        "cores": os.cpu_count(),
+        "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
 
 
 def environment_facts(accelerator: Accelerator, precision: str) -> dict:
