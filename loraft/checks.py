@@ -24,9 +24,10 @@ from loraft.recipe import GenerationSection, Recipe
 from loraft.text_metrics import parse_metric_spec
 
 
-def check_recipe(recipe: Recipe, roots: list[Path] | None = None, evaluation_only: bool = False) -> None:
+def check_recipe(recipe: Recipe, roots: list[Path] | None = None, evaluation_only: bool = False) -> list[str]:
     """Raise the first mistake in `recipe` as a one-line `LoraftError`; `roots`: check data too
-    (`evaluation_only`: the files `loraft eval` reads)."""
+    (`evaluation_only`: the files `loraft eval` reads). Returns what the task noted about the
+    data it read (chat: each file's format)."""
     from loraft.tasks import TASK_CLASSES
 
     task_class = TASK_CLASSES[recipe.task]
@@ -42,9 +43,12 @@ def check_recipe(recipe: Recipe, roots: list[Path] | None = None, evaluation_onl
         for name in recipe.study.decoders:
             check_generation(recipe.decoder_settings(name), context, f"study.decoders.{name}")
         check_extra_metrics(recipe)
-    if roots is not None:
-        task_class(recipe, roots, evaluation_only).check_data()
-        check_model_available(recipe)
+    if roots is None:
+        return []
+    task = task_class(recipe, roots, evaluation_only)
+    task.check_data()
+    check_model_available(recipe)
+    return task.data_notes()
 
 
 def check_model_available(recipe: Recipe) -> None:

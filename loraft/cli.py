@@ -126,8 +126,10 @@ def validate(
     for path in paths:
         try:
             loaded = apply_grants(load_recipe(path, overrides), grants, path)
-            check_recipe(loaded, None if no_data else data_roots(data_root))
+            notes = check_recipe(loaded, None if no_data else data_roots(data_root))
             typer.echo(f"ok    {path} (task {loaded.task}, method {loaded.method})")
+            for note in notes:
+                typer.echo(f"      {note}")
         except LoraftError as error:
             failures += 1
             message = str(error)
@@ -181,6 +183,12 @@ def generate(
     prompts_file: Annotated[Path | None, typer.Option(help="one prompt per line; \\n for a newline")] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last (run directories)")] = "best",
     raw: Annotated[bool, typer.Option("--raw", help="do not frame prompts with the run's template")] = False,
+    chat: Annotated[
+        bool,
+        typer.Option(
+            "--chat", help="a prompt is a user message, or a JSON list of messages, in the chat template"
+        ),
+    ] = False,
     strategy: Annotated[str | None, typer.Option(help="greedy, sample or beam")] = None,
     max_new_tokens: Annotated[int | None, typer.Option()] = None,
     temperature: Annotated[float | None, typer.Option()] = None,
@@ -225,11 +233,13 @@ def generate(
     from loraft.inference import load_generator
     from loraft.recipe_files import CodeGrants
 
-    generator = load_generator(target, checkpoint, raw, CodeGrants(trust_remote_code))
+    if chat and raw:
+        raise LoraftError("--chat and --raw: choose one (the chat template frames prompts; --raw does not)")
+    generator = load_generator(target, checkpoint, raw, CodeGrants(trust_remote_code), chat)
     # again with the loaded config: a hub model's context is known only now
     check_generation(settings, context_of(generator.model.config), "generation")
     framed = [generator.frame(text) for text in prompts]
-    continuations = generate_texts(generator.model, generator.tokenizer, framed, settings)
+    continuations = generate_texts(generator.model, generator.tokenizer, framed, settings, generator.encode)
     for text, continuation in zip(prompts, continuations, strict=True):
         record = {"prompt": text, "continuation": continuation}
         shown = f"\033[1m{continuation}\033[0m" if sys.stdout.isatty() else continuation  # bold: the model's

@@ -202,6 +202,11 @@ def _data_facts(recipe: Recipe, summary: dict, local_data: bool) -> list[str]:
         facts.append(
             f"Examples: {summary['train_examples']:,} training, {summary['eval_examples']:,} evaluation"
         )
+    if summary.get("chat_template_source"):
+        facts.append(
+            f"Chat template: {summary['chat_template_source']}, saved with the tokenizer (prompts are "
+            f"formatted as in training); loss on: {data.train_on or 'assistant'} turns"
+        )
     return [*facts, f"Tokens per example: up to {data.max_length}; data seed {data.seed}"]
 
 

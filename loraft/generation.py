@@ -40,6 +40,8 @@ from loraft.checks import check_generation, context_of
 from loraft.errors import LoraftError
 from loraft.recipe import GenerationSection
 
+PromptEncoder = Callable[[object, str], list[int]]  # (tokenizer, text) -> ids
+
 
 class GenerationResult(NamedTuple):
     """Continuations plus what it took to produce them (for tokens/s in benchmarks)."""
@@ -53,20 +55,24 @@ class GenerationResult(NamedTuple):
         return self.new_tokens / self.seconds if self.seconds > 0 else float("inf")
 
 
-def generate(model, tokenizer, prompts: list[str], settings: GenerationSection) -> list[str]:
+def generate(
+    model, tokenizer, prompts: list[str], settings: GenerationSection, encode: PromptEncoder | None = None
+) -> list[str]:
     """The continuation of `settings.prefix + prompt` for each prompt, in order.
 
     Only the new text is returned, decoded without special tokens; a sequence stops at the
     tokenizer's end-of-text. `model` is a causal LM or a `peft.PeftModel` wrapping one.
     """
-    return generate_with_stats(model, tokenizer, prompts, settings).texts
+    return generate_with_stats(model, tokenizer, prompts, settings, encode).texts
 
 
 def generate_with_stats(
-    model, tokenizer, prompts: list[str], settings: GenerationSection
+    model, tokenizer, prompts: list[str], settings: GenerationSection, encode: PromptEncoder | None = None
 ) -> GenerationResult:
-    """`generate`, also counting the new tokens and timing the decoding."""
-    prompt_ids = encode_prompts(tokenizer, prompts, settings.prefix)
+    """`generate`, also counting the new tokens and timing the decoding; `encode`: how a prompt
+    becomes ids (default `loraft.tokenizer.encode_prompt`; a chat prompt's template wrote its
+    special tokens)."""
+    prompt_ids = encode_prompts(tokenizer, prompts, settings.prefix, encode)
     pad_token_id = tokenizer.pad_token_id
     if pad_token_id is None:
         pad_token_id = tokenizer.eos_token_id
@@ -83,12 +89,14 @@ def generate_with_stats(
     return GenerationResult(texts, sum(len(ids) for ids in new_ids), seconds)
 
 
-def encode_prompts(tokenizer, prompts: list[str], prefix: str = "") -> list[list[int]]:
+def encode_prompts(
+    tokenizer, prompts: list[str], prefix: str = "", encode: PromptEncoder | None = None
+) -> list[list[int]]:
     """Token ids of `prefix + prompt`, by the rule training uses (`loraft.tokenizer`): BOS
     first where the tokenizer adds one; an empty text starts from BOS (GPT-2: end-of-text)."""
     from loraft.tokenizer import encode_prompt
 
-    return [encode_prompt(tokenizer, prefix + prompt) for prompt in prompts]
+    return [(encode or encode_prompt)(tokenizer, prefix + prompt) for prompt in prompts]
 
 
 def generate_token_ids(

@@ -21,21 +21,43 @@ class Generator(NamedTuple):
     tokenizer: object
     settings: GenerationSection
     frame: Callable[[str], str]
+    encode: Callable[[object, str], list[int]] | None = None  # a framed prompt's ids; None: the rule
 
 
 def load_generator(
-    target: str, checkpoint: str = "best", raw: bool = False, grants: CodeGrants = NO_GRANTS
+    target: str,
+    checkpoint: str = "best",
+    raw: bool = False,
+    grants: CodeGrants = NO_GRANTS,
+    chat: bool = False,
 ) -> Generator:
     """A run directory (base + adapter, or full weights) or a model path / hub id, on the GPU
-    when there is one. A run brings its recipe's `generation` settings and prompt template."""
+    when there is one. A run brings its recipe's `generation` settings and prompt template;
+    `chat`: prompts are conversations in the tokenizer's chat template (a chat run's always are)."""
     from accelerate import PartialState
 
     device = PartialState().device
     if RunDirectory(target).is_run():
-        model, tokenizer, settings, frame = _from_run(RunDirectory.open(target), checkpoint, grants)
-        return Generator(model.to(device), tokenizer, settings, (lambda text: text) if raw else frame)
-    model, tokenizer = _from_model(target)
-    return Generator(model.to(device), tokenizer, GenerationSection(), lambda text: text)
+        model, tokenizer, settings, task = _from_run(RunDirectory.open(target), checkpoint, grants)
+        generator = Generator(model.to(device), tokenizer, settings, task.format_prompt, task.encode_prompt)
+    else:
+        model, tokenizer = _from_model(target)
+        generator = Generator(model.to(device), tokenizer, GenerationSection(), lambda text: text)
+    if chat:
+        from loraft.tasks.chat import template_ids
+
+        return generator._replace(frame=_chat_frame(tokenizer, target), encode=template_ids)
+    return generator._replace(frame=lambda text: text, encode=None) if raw else generator
+
+
+def _chat_frame(tokenizer, target: str) -> Callable[[str], str]:
+    from loraft.tasks.chat import generation_prompt, messages_of_prompt
+
+    if not tokenizer.chat_template:
+        raise LoraftError(
+            f"--chat: {target}'s tokenizer has no chat template (train a chat run, or give --raw prompts)"
+        )
+    return lambda text: generation_prompt(tokenizer, messages_of_prompt(text))
 
 
 def planned_settings(target: str, checkpoint: str, changes: dict) -> GenerationSection:
@@ -80,7 +102,8 @@ def _from_run(run: RunDirectory, checkpoint: str, grants: CodeGrants):
     check_recipe(recipe)
     model, tokenizer = load_trained_model(run, checkpoint, recipe)
     task = TASK_CLASSES[recipe.task](recipe, [])
-    return model, tokenizer, recipe.generation, task.format_prompt
+    task.fit_tokenizer(tokenizer)
+    return model, tokenizer, recipe.generation, task
 
 
 def _from_model(target: str):

@@ -265,6 +265,16 @@ class DataSection(Section):
     labels: list[str] | None = Field(None, description="classification: the label names, in order")
     predict: str | None = Field(None, description="classification: unlabelled file to predict")
     prompts: str | None = Field(None, description="generation prompts (sonnets: first 3 lines of each)")
+    format: Literal["messages", "prompt_completion", "alpaca", "sharegpt"] | None = Field(
+        None, description="chat: the rows' format; null: detected from each file's first row"
+    )
+    chat_template: str | None = Field(
+        None,
+        description="chat: a Jinja chat template, or its file; null: the tokenizer's (or loraft's default)",
+    )
+    train_on: Literal["assistant", "all", "last_assistant"] | None = Field(
+        None, description="chat: which tokens carry the loss; null: assistant (every assistant turn)"
+    )
 
     @field_validator("labels", mode="before")
     @classmethod

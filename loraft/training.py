@@ -121,6 +121,7 @@ def train_recipe(
             "final_eval": final_eval,
             "best_metric": trainer.metric,
             "best_eval": best_eval,
+            **task.summary_facts(),
             **environment_facts(accelerator, precision),
         }
         if run is not None:

@@ -41,7 +41,7 @@ def test_generate_frames_prompts_with_the_run_template_unless_raw(runs: dict, lo
 
     seen = []
 
-    def spy(model, tokenizer, prompts, settings):
+    def spy(model, tokenizer, prompts, settings, encode=None):
         seen.append((prompts, settings.prefix))
         return ["" for _ in prompts]
 

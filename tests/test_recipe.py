@@ -60,7 +60,7 @@ def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
         ("task: news\nmethd: lora\n", [], "did you mean 'method'?"),
         ("task: news\n", ["train.batch_size=abc"], "train.batch_size"),
         ("task: news\n", ["method=qlora"], "method: Input should be 'full', 'lora', 'head', 'ia3', 'vera'"),
-        ("task: poetry\n", [], "task: 'poetry' is not a task: use one of classification, news"),
+        ("task: poetry\n", [], "task: 'poetry' is not a task: use one of chat, classification, news"),
         ("method: lora\n", [], "missing required key 'task'"),
         ("task: news\nmethod: head\n", [], "method 'head' trains only a classification head"),
         ("task: news\n", ["train.lr"], "expected key.sub=value"),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from loraft.recipe import Recipe
 from loraft.tasks.base import Task
+from loraft.tasks.chat import ChatTask
 from loraft.tasks.classification import ClassificationTask
 from loraft.tasks.news import NewsTask
 from loraft.tasks.persona import PersonaTask
@@ -13,6 +14,7 @@ from loraft.tasks.sonnets import SonnetsTask
 from loraft.tasks.text import TextTask
 
 TASK_CLASSES: dict[str, type[Task]] = {
+    "chat": ChatTask,
     "classification": ClassificationTask,
     "news": NewsTask,
     "persona": PersonaTask,

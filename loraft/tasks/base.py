@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # task modules import torch inside functions: `loraft validat
 
 Batch = dict[str, "torch.Tensor"]
 IGNORE_INDEX = -100  # label value the loss skips (prompt tokens, padding, placeholders)
-OPTIONAL_DATA_FIELDS = ("template", "labels", "predict", "prompts")
+OPTIONAL_DATA_FIELDS = ("template", "labels", "predict", "prompts", "format", "chat_template", "train_on")
 PREVIEW_ROWS = 50  # rows per file that `loraft validate` reads
 
 
@@ -128,6 +128,23 @@ class Task(ABC):
         `load_rows` instead.
         """
         raise NotImplementedError(f"{type(self).__name__} does not read tables")
+
+    def fit_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:  # noqa: B027 (a no-op by default)
+        """Give the run's tokenizer what the task needs saved with it (chat: its template)."""
+
+    def encode_prompt(self, tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+        """A framed prompt's ids for generation, by the rule training uses (`loraft.tokenizer`)."""
+        from loraft.tokenizer import encode_prompt
+
+        return encode_prompt(tokenizer, text)
+
+    def data_notes(self) -> list[str]:
+        """What `loraft validate` says about the data it read (chat: each file's format)."""
+        return []
+
+    def summary_facts(self) -> dict[str, Any]:
+        """Task facts for summary.json and the model card (chat: which template)."""
+        return {}
 
     def texts_for_tokenizer(self, rows) -> Iterator[str]:
         """Texts a from-scratch tokenizer is trained on."""

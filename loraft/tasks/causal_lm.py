@@ -69,7 +69,8 @@ class CausalLMTask(Task):
         if not self.recipe.eval.generate:
             return {}
         cases = self.generation_cases()
-        continuations = generate(model(), tokenizer, [c.prompt for c in cases], self.recipe.generation)
+        prompts, settings = [c.prompt for c in cases], self.recipe.generation
+        continuations = generate(model(), tokenizer, prompts, settings, self.encode_prompt)
         hypotheses = [self.hypothesis(c, text) for c, text in zip(cases, continuations, strict=True)]
         references = [case.reference for case in cases]
         with (output / GENERATIONS_FILE).open("w", encoding="utf-8") as stream:
