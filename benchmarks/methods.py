@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -63,6 +65,18 @@ def chosen_methods(only: str | None) -> dict[str, list[str]]:
     return methods
 
 
+def planned_mb(model_dir: Path, overrides: list[str], args: argparse.Namespace) -> float:
+    """`loraft plan`'s total for the same run, in its own process (its runtime is measured)."""
+    command = [
+        sys.executable, "-m", "loraft", "plan", str(REPO / "recipes" / "news.yaml"),
+        f"model.name={model_dir}",
+        f"train.batch_size={args.batch_size}", f"data.max_length={args.max_length}",
+        f"train.precision={args.precision}", *overrides, "--json",
+    ]  # fmt: skip
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout)["memory_mb"]["total"]  # MiB, as loraft's peaks are
+
+
 def main() -> None:
     args = parse_args()
     transformers_logging.disable_progress_bar()
@@ -75,8 +89,10 @@ def main() -> None:
             summary = train(model_dir, Path(temporary) / f"run-{index}", overrides, args)
             keys = ("trainable_params", "trainable_pct", "train_tokens_per_s", "peak_memory_mb", "device")
             results[name] = {key: summary[key] for key in keys}
+            results[name]["plan_mb"] = planned_mb(model_dir, overrides, args)
     lora, full = results["lora r=8"], results["full"]
     for row in results.values():
+        row["peak_vs_plan"] = row["peak_memory_mb"] / row["plan_mb"]
         row["tokens_per_s_vs_lora"] = row["train_tokens_per_s"] / lora["train_tokens_per_s"]
         row["peak_memory_vs_lora"] = row["peak_memory_mb"] / lora["peak_memory_mb"]
         row["tokens_per_s_vs_full"] = row["train_tokens_per_s"] / full["train_tokens_per_s"]
@@ -90,14 +106,18 @@ def main() -> None:
         f"{args.precision}, {lora['device']}; {machine['cpu']} ({machine['cpu_capability']}), "
         f"{machine['cores']} cores, load {machine['load_1min']:.2f} at the end"
     )
-    print("| method | trainable | trainable % | tokens/s | vs LoRA | vs full | peak MB | vs LoRA | vs full |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| method | trainable | trainable % | tokens/s | vs LoRA | vs full | peak MB | vs LoRA | vs full "
+        "| `plan` MB | peak / plan |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, row in results.items():
         print(
             f"| {name} | {row['trainable_params']:,d} | {row['trainable_pct']:.4f} | "
             f"{row['train_tokens_per_s']:,.1f} | {row['tokens_per_s_vs_lora']:.2f}x | "
             f"{row['tokens_per_s_vs_full']:.2f}x | {row['peak_memory_mb']:,.0f} | "
-            f"{row['peak_memory_vs_lora']:.2f}x | {row['peak_memory_vs_full']:.2f}x |"
+            f"{row['peak_memory_vs_lora']:.2f}x | {row['peak_memory_vs_full']:.2f}x | "
+            f"{row['plan_mb']:,.0f} | {row['peak_vs_plan']:.2f} |"
         )
 
 

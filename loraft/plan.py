@@ -15,7 +15,7 @@ from loraft.methods import apply_method, method_of
 from loraft.models import ModelShape, architecture_for, known_config, scratch_fields, shape_of
 from loraft.models.loading import auto_class, config_from_fields, count_parameters
 from loraft.recipe import Recipe
-from loraft.system import resolve_precision
+from loraft.system import resident_memory_mb, resolve_precision
 
 MB = 2**20
 
@@ -60,8 +60,17 @@ def plan_recipe(recipe: Recipe) -> dict:
         "batch_size": recipe.train.batch_size,
         "max_length": recipe.data.max_length,
         "precision": resolve_precision(recipe.train.precision),
-        "memory_mb": estimate_memory_mb(recipe, shape_of(config.to_dict()), trainable, total, quantized),
+        "memory_mb": with_runtime(
+            estimate_memory_mb(recipe, shape_of(config.to_dict()), trainable, total, quantized)
+        ),
     }
+
+
+def with_runtime(memory: dict) -> dict:
+    """The estimate with the process's own memory first: on a CPU a run's peak (RSS) counts
+    the Python runtime with torch and the libraries loaded, measured here, where they are."""
+    runtime = round(resident_memory_mb(), 1)
+    return {"runtime": runtime, **memory, "total": round(memory["total"] + runtime, 1)}
 
 
 def quantized_params(model: torch.nn.Module) -> int:
@@ -119,7 +128,7 @@ def format_plan(plan: dict) -> str:
         *plan["method_details"],
         f"trainable params: {plan['trainable_params']:,d} || all params: {plan['total_params']:,d} "
         f"|| trainable%: {plan['trainable_pct']:.4f}",
-        "estimated training memory (MiB):",
+        "estimated training memory (MiB; runtime: this process now, torch and the libraries loaded):",
     ]
     lines += [f"  {key:<12}{value:>12,.1f}" for key, value in memory.items()]
     return "\n".join(lines)

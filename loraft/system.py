@@ -87,6 +87,14 @@ def machine_facts() -> dict:
     }
 
 
+def resident_memory_mb() -> float:
+    """This process's resident memory now (a CPU process; its peak is `peak_memory_mb`)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return peak_memory_mb(torch.device("cpu"))
+
+
 def environment_facts(accelerator: Accelerator, precision: str) -> dict:
     """What a comparison needs to know to put two runs side by side honestly."""
     device = accelerator.device
