@@ -362,6 +362,7 @@ def train_tiny(tmp_path: Path, recipe_name: str, *overrides: str) -> dict:
     return summary
 
 
+@pytest.mark.matrix  # 10 s of real-data training: in .ci/run, not the README command
 def test_sst_full_beats_the_majority_class(tmp_path: Path) -> None:
     """Budget: 400 steps of 16 SST sentences (32 tokens), lr 2e-3: about 16 s.
 
@@ -379,6 +380,7 @@ def test_sst_full_beats_the_majority_class(tmp_path: Path) -> None:
     assert 0 < final["eval_macro_f1"] <= 1 and summary["best_metric"] == "eval_accuracy"
 
 
+@pytest.mark.matrix  # 10 s of real-data training: in .ci/run, not the README command
 def test_cfimdb_full_beats_the_majority_class_and_predicts_the_test_file(tmp_path: Path) -> None:
     """Budget: 200 steps of 16 reviews (first 48 tokens), lr 2e-3: about 11 s.
 
