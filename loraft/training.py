@@ -247,6 +247,12 @@ def prepare_run(recipe: Recipe, task: Task, state: Path | None, overwrite: bool,
         check_context(recipe, context_of(base.config))
         method_of(recipe).check(base, recipe, kind)
         train_set, eval_set = tokenized_sets(task, tokenizer, train_rows, eval_rows)
+        method_of(recipe).check_steps(
+            recipe,
+            data_order(recipe, accelerator, train_set).total_steps(
+                recipe.train.epochs, recipe.train.max_steps
+            ),
+        )
     if accelerator.is_main_process:
         run = (
             RunDirectory.create(recipe.run_dir, overwrite)
@@ -283,10 +289,7 @@ def training_parts(
     """The prepared model and optimizer, the schedule, the data order and the eval loader."""
     grouped = task.kind == "classification" and recipe.data.group_by_length
     lengths = tuple(len(ids) for ids in train_set["input_ids"]) if grouped else None
-    train = recipe.train
-    order = DataOrder(
-        len(train_set), train.batch_size, train.grad_accum, accelerator.num_processes, train.seed, lengths
-    )
+    order = data_order(recipe, accelerator, train_set, lengths)
     total_steps = order.total_steps(recipe.train.epochs, recipe.train.max_steps)
     method_of(recipe).start_training(model, recipe, total_steps)
     optimizer = method_of(recipe).optimizer(model, recipe)
@@ -297,6 +300,14 @@ def training_parts(
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
     keep_only_trainable_weights(accelerator, model)
     return TrainingParts(model, optimizer, scheduler, order, train_set.to_list(), eval_loader, tokenizer)
+
+
+def data_order(recipe: Recipe, accelerator: Accelerator, train_set, lengths=None) -> DataOrder:
+    """Which examples each optimizer step trains on, on each process (`loraft.batches`)."""
+    train = recipe.train
+    return DataOrder(
+        len(train_set), train.batch_size, train.grad_accum, accelerator.num_processes, train.seed, lengths
+    )
 
 
 def eval_loader_for(recipe: Recipe, task: Task, eval_set, tokenizer) -> DataLoader:

@@ -13,6 +13,7 @@ from conftest import RECIPES, save_tiny_family_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from loraft.errors import LoraftError
+from loraft.evaluation import evaluate_run
 from loraft.export import export_run
 from loraft.recipe_files import load_recipe
 from loraft.tasks.chat import DEFAULT_TEMPLATE, encode_conversation, to_messages
@@ -209,6 +210,8 @@ def test_a_trained_chat_run_formats_prompts_as_a_plain_pipeline_does(
     data.write_text("".join(json.dumps({"messages": CONVERSATION}) + "\n" for _ in range(8)))
     train_recipe(chat_run(chat_models[name], tmp_path / "run", data))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    again = evaluate_run(tmp_path / "run", checkpoint="last")["eval_loss"]  # `loraft eval`
+    assert again == pytest.approx(summary["final_eval"]["eval_loss"], rel=1e-6)
     source = "the tokenizer's" if name == "chatml" else "loraft's default (the tokenizer has none)"
     assert summary["chat_template_source"] == source
     merged = export_run(tmp_path / "run", tmp_path / "merged", merge=True, checkpoint="last")
@@ -260,3 +263,20 @@ def test_without_a_template_file_the_recipe_is_one_line(loraft) -> None:
         from loraft.checks import check_recipe
 
         check_recipe(load_recipe(RECIPES / "joker.yaml", ["data.format=messages"]))
+
+
+def test_validate_says_each_files_format(chat_models: dict, tmp_path: Path, loraft) -> None:
+    for fmt, row in ROWS.items():
+        data = tmp_path / f"{fmt.split()[0]}.jsonl"
+        data.write_text(json.dumps(row) + "\n")
+        args = [
+            "validate",
+            "recipes/joker-chat.yaml",
+            f"model.name={chat_models['gpt2']}",
+            f"data.train={data}",
+        ]
+        code, out, err = loraft(*args, "data.columns={}", "data.eval=" + str(data))
+        assert code == 0, err
+        assert f"{data}: {fmt.split()[0]} format (detected)" in out
+    code, out, err = loraft(*args, "data.columns={}", f"data.eval={data}", "data.format=sharegpt")
+    assert code == 0 and f"{data}: sharegpt format (data.format)" in out

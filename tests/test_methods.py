@@ -18,6 +18,7 @@ from test_families import case_recipe, logits_of, train_losses, trainable_weight
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loraft.errors import LoraftError
+from loraft.evaluation import evaluate_run
 from loraft.export import export_run
 from loraft.methods import METHODS
 from loraft.models.loading import count_parameters
@@ -62,6 +63,10 @@ def test_each_variant_trains_exports_and_resumes(
     assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
     assert count_parameters(result.model) == result.model.get_nb_trainable_parameters()  # PEFT's count
 
+    recorded = result.summary["final_eval"]["eval_loss"]  # `loraft eval` computes it again
+    assert evaluate_run(tmp_path / "whole", checkpoint="last")["eval_loss"] == pytest.approx(
+        recorded, rel=1e-6
+    )
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "whole" / "checkpoints" / "last")
     expected = logits_of(result.model, tokenizer)
     if METHODS[method].merge_refusal:
@@ -379,3 +384,17 @@ def test_prompt_tuning_trains_unpacked_saying_so_and_refuses_what_it_cannot(
     ]
     code, out, err = loraft("validate", "--no-data", "recipes/sst-lora.yaml", "method=prompt_tuning")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "is for tasks that generate text" in err
+
+
+def test_an_adalora_schedule_longer_than_the_run_is_one_line_before_any_folder(
+    family_dirs: dict, tmp_path: Path, loraft
+) -> None:
+    recipe = adalora_recipe(family_dirs, tmp_path, "adalora.tinit=5", "adalora.tfinal=5", "train.max_steps=4")
+    path = tmp_path / "adalora.yaml"
+    path.write_text(recipe.to_yaml())
+    code, out, err = loraft("train", str(path))
+    assert code == 2 and err.strip().splitlines() == [
+        "error: adalora: tinit (5) + tfinal (5) leave none of this run's 4 steps to prune ranks in; "
+        "lower them, or train longer"
+    ]
+    assert not (tmp_path / "adalora").exists()  # a corrected recipe starts without --overwrite

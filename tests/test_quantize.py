@@ -16,6 +16,7 @@ from test_methods import crash_after_step_3_then_resume
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from loraft.errors import LoraftError
+from loraft.evaluation import evaluate_run
 from loraft.export import export_run
 from loraft.models.quantize import keep_training_kernels
 from loraft.models.targets import linear_types
@@ -72,6 +73,10 @@ def test_a_4bit_base_trains_lora_as_its_dequantized_weights_do(
     train_recipe(recipe(reference, "reference"))
     np.testing.assert_allclose(losses, train_losses(tmp_path / "reference"), rtol=1e-5)
 
+    recorded = result.summary["final_eval"]["eval_loss"]  # `loraft eval` on the 4-bit base again
+    assert evaluate_run(tmp_path / "qlora", checkpoint="last")["eval_loss"] == pytest.approx(
+        recorded, rel=1e-6
+    )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     adapter = export_run(tmp_path / "qlora", tmp_path / "adapter", checkpoint="last")
     reloaded = PeftModel.from_pretrained(quantized(model_dir), adapter)

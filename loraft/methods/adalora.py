@@ -49,7 +49,7 @@ class AdaloraMethod(AdapterMethod):
             fan_in_fan_out=stores_transposed(model, layers),
         )
 
-    def start_training(self, model, recipe, total_steps: int) -> None:
+    def check_steps(self, recipe, total_steps: int) -> None:
         from loraft.errors import LoraftError
 
         section = recipe.adalora
@@ -58,6 +58,9 @@ class AdaloraMethod(AdapterMethod):
                 f"adalora: tinit ({section.tinit}) + tfinal ({section.tfinal}) leave none of this "
                 f"run's {total_steps} steps to prune ranks in; lower them, or train longer"
             )
+
+    def start_training(self, model, recipe, total_steps: int) -> None:
+        self.check_steps(recipe, total_steps)
         _allocator(model).set_total_step(total_steps)
 
     def regulariser(self, model):

@@ -39,6 +39,9 @@ class Method:
         """The model ready to train: only what the method trains requires gradients."""
         raise NotImplementedError
 
+    def check_steps(self, recipe: Recipe, total_steps: int) -> None:
+        """Raise what is wrong with a run of `total_steps` steps, before its folder is made."""
+
     def start_training(self, model: torch.nn.Module, recipe: Recipe, total_steps: int) -> None:
         """Called once the run's step count is known, before its first step."""
 
