@@ -121,7 +121,7 @@ class ChatTask(CausalLMTask):
         self.tokenizer, template = tokenizer, recipe_template(self.recipe)
         if template is not None:
             tokenizer.chat_template, self.template_source = template, "the recipe's data.chat_template"
-        elif not tokenizer.chat_template:
+        elif not tokenizer.chat_template or tokenizer.chat_template == DEFAULT_TEMPLATE:  # or saved so
             tokenizer.chat_template, self.template_source = (
                 DEFAULT_TEMPLATE,
                 "loraft's default (the tokenizer has none)",
