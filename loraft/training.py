@@ -45,6 +45,7 @@ from loraft.tokenizer import load_tokenizer
 from loraft.trackers import Trackers, require_trackers
 from loraft.trainer import Progress, StopSignals, Trainer, TrainingParts, evaluate_model
 from loraft.training_state import (
+    DAMAGED_HINT,
     keep_only_trainable_weights,
     load_training_state,
     read_method_tensors,
@@ -333,9 +334,11 @@ def periodic_eval_set(recipe: Recipe, eval_set):
 def resume_trainer(trainer: Trainer, state: Path) -> None:
     """Restore weights, optimizer, schedule, RNG and counters; the step budget may have grown."""
     counters = load_training_state(trainer.accelerator, state, trainer.scheduler)
-    trainer.method.load_training_state(
-        trainer.plain_model, read_method_tensors(state), counters.get("method_state") or {}
-    )
+    tensors = read_method_tensors(state)  # a damaged file is its own one line
+    try:
+        trainer.method.load_training_state(trainer.plain_model, tensors, counters.get("method_state") or {})
+    except (LoraftError, TypeError, ValueError, AttributeError) as error:  # a crafted state's shapes
+        raise LoraftError(f"{state}: cannot be resumed from: {error}; {DAMAGED_HINT}") from None
     known = {f.name for f in fields(Progress)}
     trainer.progress = Progress(**{k: v for k, v in counters.items() if k in known})
     trainer.wall_before = trainer.progress.wall_s

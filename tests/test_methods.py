@@ -398,3 +398,41 @@ def test_an_adalora_schedule_longer_than_the_run_is_one_line_before_any_folder(
         "lower them, or train longer"
     ]
     assert not (tmp_path / "adalora").exists()  # a corrected recipe starts without --overwrite
+
+
+@pytest.mark.parametrize("damage_name", ["scores", "pattern", "file"])
+def test_a_damaged_adalora_state_is_one_line_on_resume(
+    damage_name: str, family_dirs: dict, tmp_path: Path, monkeypatch
+) -> None:
+    """A state folder may come from someone else: its scores and rank pattern are checked
+    against the model before anything is restored."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from loraft.training_state import METHOD_FILE, TRAINER_STATE, saved_states
+
+    def damage(state: Path) -> None:
+        if damage_name == "scores":
+            scores = load_file(state / METHOD_FILE)
+            scores[next(iter(scores))] = torch.zeros(3, 3)
+            save_file(scores, state / METHOD_FILE)
+        elif damage_name == "pattern":
+            counters = json.loads((state / TRAINER_STATE).read_text())
+            counters["method_state"]["rank_pattern"] = {"transformer.h.0.attn.c_attn.lora_E": [True]}
+            (state / TRAINER_STATE).write_text(json.dumps(counters))
+        else:
+            (state / METHOD_FILE).write_bytes(b"not a safetensors file")
+
+    def train(*more: str):
+        if more:  # the resume: after the crash, the newest state is damaged
+            damage(saved_states(tmp_path / "adalora" / "train_state")[-1])
+        return train_recipe(adalora_recipe(family_dirs, tmp_path, "train.save_every=2", *more))
+
+    with pytest.raises(LoraftError) as error:
+        crash_after_step_3_then_resume(monkeypatch, train)
+    state = saved_states(tmp_path / "adalora" / "train_state")[-1]
+    message = str(error.value)
+    assert "\n" not in message and str(state) in message and message.count("resume from an earlier") == 1, (
+        message
+    )

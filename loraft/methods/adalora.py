@@ -105,14 +105,33 @@ class AdaloraMethod(AdapterMethod):
         return tensors, {"rank_pattern": config.rank_pattern}
 
     def load_training_state(self, model, tensors, facts) -> None:
-        allocator = _allocator(model)
+        """Restore the scores and the rank pattern, each checked against the model first (a
+        state folder may come from someone else)."""
+        from loraft.errors import LoraftError
+
+        tuner, allocator = model.base_model, _allocator(model)
+        adapter = tuner.trainable_adapter_name
+        parameters = dict(tuner.model.named_parameters())
+        for key, value in tensors.items():
+            kind, _, name = key.partition("/")
+            if kind not in SCORES or name not in parameters or value.shape != parameters[name].shape:
+                raise LoraftError(f"AdaLoRA's saved score '{key}' does not match this model")
+        pattern = facts.get("rank_pattern")
+        if pattern is not None:
+            ranks = {
+                name.replace(f".{adapter}", ""): len(p) for name, p in parameters.items() if "lora_E" in name
+            }
+            given = {name.replace(f".{adapter}", ""): kept for name, kept in dict(pattern).items()}
+            if {name: len(kept) for name, kept in given.items()} != ranks or not all(
+                isinstance(keep, bool) for kept in given.values() for keep in kept
+            ):
+                raise LoraftError("AdaLoRA's saved rank pattern does not match this model's adapted layers")
         allocator.reset_ipt()
         device = next(model.parameters()).device
         for key, value in tensors.items():
-            kind, name = key.split("/", 1)
+            kind, _, name = key.partition("/")
             getattr(allocator, kind)[name] = value.to(device)
-        config = model.base_model.peft_config[model.base_model.trainable_adapter_name]
-        config.rank_pattern = facts.get("rank_pattern")
+        tuner.peft_config[adapter].rank_pattern = pattern
 
     def load(self, base, directory, kind: str):
         import warnings
