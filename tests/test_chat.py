@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import RECIPES, save_tiny_family_model
+from conftest import RECIPES, REPO, save_tiny_family_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from loraft.errors import LoraftError
@@ -280,3 +280,19 @@ def test_validate_says_each_files_format(chat_models: dict, tmp_path: Path, lora
         assert f"{data}: {fmt.split()[0]} format (detected)" in out
     code, out, err = loraft(*args, "data.columns={}", f"data.eval={data}", "data.format=sharegpt")
     assert code == 0 and f"{data}: sharegpt format (data.format)" in out
+
+
+def test_the_readmes_examples_of_each_format_read() -> None:
+    from loraft.tasks.chat import detect_format
+
+    section = (REPO / "README.md").read_text().split("## Chat and instruction data")[1].split("\n## ")[0]
+    blocks = [block.split("```")[0] for block in section.split("```jsonl\n")[1:]]
+    found = []
+    for block in blocks:
+        rows = [json.loads(line) for line in block.strip().splitlines()]
+        formats = {detect_format(row, "README") for row in rows}
+        assert len(rows) == 2 and len(formats) == 1
+        for row in rows:
+            assert to_messages(row, *formats, "README")[-1]["role"] == "assistant"
+        found += formats
+    assert found == ["messages", "prompt_completion", "alpaca", "sharegpt"]
