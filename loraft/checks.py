@@ -91,11 +91,14 @@ def check_training(recipe: Recipe) -> None:
 
 
 def check_context(recipe: Recipe, context: int | None) -> None:
-    """Examples longer than the model's positions would index past its position table."""
-    if context is not None and recipe.data.max_length > context:
+    """Examples longer than the model's positions would index past its position table (less
+    the positions the method puts before each row)."""
+    extra = method_of(recipe).extra_positions(recipe)
+    if context is not None and recipe.data.max_length + extra > context:
+        room, method = context - extra, f" after {extra} virtual tokens" if extra else ""
         raise LoraftError(
             f"data.max_length: {recipe.data.max_length} is longer than the model's context "
-            f"({context} positions); use data.max_length={context} or less"
+            f"({context} positions{method}); use data.max_length={room} or less"
         )
 
 

@@ -33,6 +33,7 @@ def evaluate_run(
     task = build_task(recipe, roots, evaluation_only=True)
     _, eval_rows = task.rows()
     model, tokenizer = load_trained_model(run, checkpoint, recipe)
+    task.adopt_tokenizer(tokenizer)
     for line in task.fit_to_model(model):
         print(line)
     eval_set = task.with_targets(task.tokenize(eval_rows, tokenizer), "evaluation")

@@ -125,10 +125,14 @@ def generate_token_ids(
     was_training = model.training
     model.eval()
     outputs: list[list[int]] = []
+    # PEFT puts prompt tuning's virtual tokens before the left padding and drops position ids:
+    # a padded row's positions would shift, so those models decode one prompt at a time
+    batch = 1 if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False) else None
+    batch = batch or settings.batch_size
     try:
         with torch.inference_mode(), _seeded_global_rng(settings.seed, device):
-            for start in range(0, len(rows), settings.batch_size):
-                ids, mask = _left_pad(rows[start : start + settings.batch_size], pad_token_id)
+            for start in range(0, len(rows), batch):
+                ids, mask = _left_pad(rows[start : start + batch], pad_token_id)
                 new = decode(ids.to(device), mask.to(device))
                 outputs.extend(_cut_after(row, eos_token_id) for row in new.tolist())
     finally:

@@ -102,7 +102,7 @@ def _from_run(run: RunDirectory, checkpoint: str, grants: CodeGrants):
     check_recipe(recipe)
     model, tokenizer = load_trained_model(run, checkpoint, recipe)
     task = TASK_CLASSES[recipe.task](recipe, [])
-    task.fit_tokenizer(tokenizer)
+    task.adopt_tokenizer(tokenizer)
     return model, tokenizer, recipe.generation, task
 
 

@@ -210,7 +210,9 @@ class AdaloraSection(TargetedSection):
     run's step count is the schedule's `total_step`."""
 
     init_r: int = Field(12, ge=1, le=65536, description="rank every adapted layer starts with")
-    target_r: int = Field(8, ge=1, le=65536, description="average rank per layer once the budget has shrunk")
+    target_r: int = Field(
+        8, ge=1, le=65536, description="average rank per layer once pruned; less than init_r"
+    )
     alpha: float = Field(8, gt=0, description="scaling numerator: the update is scaled by alpha/rank")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
     tinit: int = Field(0, ge=0, description="steps at the full budget before ranks are pruned")
@@ -224,8 +226,8 @@ class AdaloraSection(TargetedSection):
 
     @model_validator(mode="after")
     def _budget_shrinks(self) -> AdaloraSection:
-        if self.target_r > self.init_r:
-            raise ValueError(f"target_r ({self.target_r}) must be at most init_r ({self.init_r})")
+        if self.target_r >= self.init_r:  # PEFT's allocator fails on a budget with nothing to prune
+            raise ValueError(f"target_r ({self.target_r}) must be less than init_r ({self.init_r})")
         return self
 
 
@@ -454,6 +456,11 @@ class Recipe(Section):
             raise ValueError(
                 f"model.quantize: a 4-bit base trains LoRA adapters (QLoRA), not method '{self.method}'; "
                 "use method: lora, or remove model.quantize"
+            )
+        if self.model.quantize and self.lora.init not in ("kaiming", "gaussian"):
+            raise ValueError(  # PiSSA's SVD needs fp32 weights; OLoRA's residual is re-quantised
+                f"lora.init: {self.lora.init} rewrites the base weights, which a 4-bit base cannot "
+                "hold exactly; use kaiming or gaussian with model.quantize"
             )
         return self
 

@@ -211,7 +211,8 @@ class Trainer:
         self.optimizer.step()
         if not self.accelerator.optimizer_step_was_skipped:  # fp16: a step with inf gradients
             self.scheduler.step()
-        facts.update(self.method.after_optimizer_step(self.plain_model, step))
+        if not self.accelerator.optimizer_step_was_skipped:  # inf gradients say nothing
+            facts.update(self.method.after_optimizer_step(self.plain_model, step))
         self.optimizer.zero_grad(set_to_none=True)
         norm = None if grad_norm is None else float(grad_norm)
         return StepResult(global_loss_sum, targets, tokens, lr, norm, facts)

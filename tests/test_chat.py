@@ -296,3 +296,20 @@ def test_the_readmes_examples_of_each_format_read() -> None:
             assert to_messages(row, *formats, "README")[-1]["role"] == "assistant"
         found += formats
     assert found == ["messages", "prompt_completion", "alpaca", "sharegpt"]
+
+
+def test_a_one_letter_answer_trains_only_itself(chat_models: dict) -> None:
+    """The content is found where the template puts it, not searched for: "A" is also in
+    "Assistant"; and a prompt in brackets that is not JSON stays a user's text."""
+    from loraft.tasks.chat import messages_of_prompt
+
+    tokenizer = tokenizer_of(chat_models, "gpt2")
+    messages = to_messages({"prompt": "Pick A or B.", "completion": "A"}, "prompt_completion", "row")
+    ids, trained = encode_conversation(tokenizer, messages, "assistant", "row")
+    assert (
+        tokenizer.decode([token for token, keep in zip(ids, trained, strict=True) if keep])
+        == " A<|endoftext|>"
+    )
+    assert messages_of_prompt("[joke] tell me one") == [
+        {"role": "user", "content": "[joke] tell me one", "completion": True}
+    ]

@@ -436,3 +436,41 @@ def test_a_damaged_adalora_state_is_one_line_on_resume(
     assert "\n" not in message and str(state) in message and message.count("resume from an earlier") == 1, (
         message
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["method=adalora", "adalora.target_r=12"], "target_r (12) must be less than init_r (12)"),
+        (["model.quantize=4bit", "lora.init=pissa"], "lora.init: pissa rewrites the base weights"),
+        (
+            ["method=prompt_tuning", "generation.context_window=16"],
+            "the shortened-context decoder cannot carry prompt tuning's virtual tokens",
+        ),
+        (
+            ["method=prompt_tuning", "data.max_length=1020"],
+            "data.max_length: 1020 is longer than the model's context (1024 positions after 20 virtual "
+            "tokens); use data.max_length=1004 or less",
+        ),
+    ],
+)
+def test_settings_a_method_cannot_run_are_one_line_in_validate(
+    overrides: list[str], expected: str, loraft
+) -> None:
+    code, out, err = loraft("validate", "--no-data", "recipes/joker.yaml", *overrides)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
+
+
+def test_a_prompt_tuned_model_answers_a_prompt_alike_alone_or_in_a_batch(
+    family_dirs: dict, tmp_path: Path
+) -> None:
+    from loraft.generation import generate
+    from loraft.methods import apply_method
+    from loraft.recipe import GenerationSection
+
+    recipe = quick_recipe(family_dirs["gpt2"], tmp_path, "prompt_tuning", "prompt_tuning.init=sample_vocab")
+    model = apply_method(AutoModelForCausalLM.from_pretrained(family_dirs["gpt2"]), recipe, "causal_lm")
+    tokenizer = AutoTokenizer.from_pretrained(family_dirs["gpt2"])
+    settings = GenerationSection(strategy="greedy", max_new_tokens=6, batch_size=2)
+    alone = generate(model, tokenizer, ["Why?"], settings)
+    assert generate(model, tokenizer, ["Why?", "Why so serious, tell me, why?"], settings)[0] == alone[0]

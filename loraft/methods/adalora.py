@@ -102,7 +102,7 @@ class AdaloraMethod(AdapterMethod):
             for name, value in getattr(allocator, kind).items()
         }
         config = model.base_model.peft_config[model.base_model.trainable_adapter_name]
-        return tensors, {"rank_pattern": config.rank_pattern}
+        return tensors, {"rank_pattern": config.rank_pattern, "scored": bool(tensors)}
 
     def load_training_state(self, model, tensors, facts) -> None:
         """Restore the scores and the rank pattern, each checked against the model first (a
@@ -116,6 +116,9 @@ class AdaloraMethod(AdapterMethod):
             kind, _, name = key.partition("/")
             if kind not in SCORES or name not in parameters or value.shape != parameters[name].shape:
                 raise LoraftError(f"AdaLoRA's saved score '{key}' does not match this model")
+        names = [{key.partition("/")[2] for key in tensors if key.startswith(f"{kind}/")} for kind in SCORES]
+        if any(kinds != names[0] for kinds in names) or (not tensors and facts.get("scored")):
+            raise LoraftError("AdaLoRA's saved scores are incomplete (each kind for the same weights)")
         pattern = facts.get("rank_pattern")
         if pattern is not None:
             ranks = {

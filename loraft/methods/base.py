@@ -39,6 +39,10 @@ class Method:
         """The model ready to train: only what the method trains requires gradients."""
         raise NotImplementedError
 
+    def extra_positions(self, recipe: Recipe) -> int:
+        """Positions the method adds before every row (prompt tuning's virtual tokens)."""
+        return 0
+
     def check_steps(self, recipe: Recipe, total_steps: int) -> None:
         """Raise what is wrong with a run of `total_steps` steps, before its folder is made."""
 

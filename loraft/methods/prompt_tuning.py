@@ -28,6 +28,12 @@ class PromptTuningMethod(AdapterMethod):
     )
 
     def recipe_problem(self, recipe) -> str | None:
+        windowed = [recipe.generation] + [recipe.decoder_settings(name) for name in recipe.study.decoders]
+        if any(settings.context_window is not None for settings in windowed):
+            return (
+                "generation.context_window: the shortened-context decoder cannot carry prompt tuning's "
+                "virtual tokens; remove it (and from study.decoders) with method prompt_tuning"
+            )
         if recipe.task_kind != "classification":
             return None
         return (
@@ -40,6 +46,9 @@ class PromptTuningMethod(AdapterMethod):
 
     def targets(self, model, recipe) -> dict[str, list[str]]:
         return {}
+
+    def extra_positions(self, recipe) -> int:
+        return recipe.prompt_tuning.num_virtual_tokens
 
     def check_before_loading(self, recipe, model_type, known) -> None:
         from loraft.errors import LoraftError

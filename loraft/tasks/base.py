@@ -129,8 +129,8 @@ class Task(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} does not read tables")
 
-    def fit_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:  # noqa: B027 (a no-op by default)
-        """Give the run's tokenizer what the task needs saved with it (chat: its template)."""
+    def adopt_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:  # noqa: B027 (a no-op by default)
+        """Take a trained run's saved tokenizer as it is (chat: with the template it trained with)."""
 
     def encode_prompt(self, tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
         """A framed prompt's ids for generation, by the rule training uses (`loraft.tokenizer`)."""

@@ -41,6 +41,7 @@ FORMAT_KEYS = {  # format -> the keys that name it in a row, checked in this ord
     "alpaca": ("instruction", "output"),
     "prompt_completion": ("prompt", "completion"),
 }
+CONTENT_MARKER = "\u2063loraft-content\u2063"  # invisible separators: in no real conversation
 # GPT-2's tokenizer has no chat template; this plain one is the default for any that has none.
 DEFAULT_TEMPLATE = (
     "{%- for message in messages -%}"
@@ -127,6 +128,13 @@ class ChatTask(CausalLMTask):
                 "loraft's default (the tokenizer has none)",
             )
 
+    def adopt_tokenizer(self, tokenizer) -> None:
+        """A run's saved tokenizer carries the template it trained with: that one, not the
+        recipe's file read again (it may have changed, or be relative to another folder)."""
+        if not tokenizer.chat_template:
+            self.fit_tokenizer(tokenizer)
+        self.tokenizer = tokenizer
+
     def summary_facts(self) -> dict[str, Any]:
         return {"chat_template_source": self.template_source}
 
@@ -134,7 +142,8 @@ class ChatTask(CausalLMTask):
 
     def tokenize(self, rows, tokenizer):
         """Each conversation rendered whole, cut at `data.max_length`; labels on the trained spans."""
-        self.fit_tokenizer(tokenizer)
+        if self.tokenizer is not tokenizer:  # a run's adopted tokenizer keeps its template
+            self.fit_tokenizer(tokenizer)
         if not tokenizer.is_fast:
             raise LoraftError("task chat: needs a fast tokenizer (character offsets map turns to tokens)")
         max_length, train_on = self.recipe.data.max_length, self.recipe.data.train_on or "assistant"
@@ -240,9 +249,8 @@ def encode_conversation(tokenizer, messages: list[dict[str, Any]], train_on: str
 def turn_span(
     tokenizer, messages: list[dict[str, Any]], index: int, text: str, where: str
 ) -> tuple[int, int]:
-    """The characters of turn `index` that train: from its content (searched as the text it is,
-    in what rendering the turn added) to its end-of-turn (the template's closing text, trailing
-    whitespace left out)."""
+    """The characters of turn `index` that train: from its content to its end-of-turn (the
+    template's closing text, trailing whitespace left out)."""
     before = render(tokenizer, messages[:index], where) if index else ""
     through = render(tokenizer, messages[: index + 1], where)
     if not (through.startswith(before) and text.startswith(through)):
@@ -251,10 +259,12 @@ def turn_span(
             "(it rewrites earlier turns); loraft cannot find the assistant's span: use another "
             "data.chat_template"
         )
+    # where the template puts a turn's content: rendered once with a marker in its place (a
+    # search for the content itself could match inside the turn's header: "A" in "Assistant")
+    marked = render(tokenizer, [*messages[:index], {**messages[index], "content": CONTENT_MARKER}], where)
+    start = marked.find(CONTENT_MARKER) - len(before)
     added, content = through[len(before) :], messages[index]["content"]
-    start = added.find(content)  # as written; else as a template that trims it
-    start = start if start >= 0 else added.find(content.strip())
-    if start < 0:
+    if start < 0 or not added[start:].startswith((content, content.strip())):
         raise LoraftError(
             f"{where}: the chat template changes the text of message {index + 1}; its span cannot be found"
         )
@@ -284,11 +294,12 @@ def generation_prompt(tokenizer, messages: list[dict[str, Any]]) -> str:
 
 def messages_of_prompt(text: str) -> list[dict[str, Any]]:
     """`loraft generate`'s prompt as messages: a JSON list of them, or one user message."""
-    if text.lstrip().startswith("["):
-        try:
-            return _message_list(json.loads(text), "--prompt", "messages")
-        except json.JSONDecodeError as error:
-            raise LoraftError(f"--prompt: not a JSON list of messages ({error.msg})") from None
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        parsed = None  # "[joke] tell me one" is a user's text
+    if isinstance(parsed, list):
+        return _message_list(parsed, "--prompt", "messages")
     return [_message("user", text)]
 
 
