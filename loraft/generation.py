@@ -41,6 +41,7 @@ from loraft.errors import LoraftError
 from loraft.recipe import GenerationSection
 
 PromptEncoder = Callable[[object, str], list[int]]  # (tokenizer, text) -> ids
+Stops = int | list[int] | None  # the token id(s) a continuation ends at; None: never early
 
 
 class GenerationResult(NamedTuple):
@@ -81,7 +82,7 @@ def generate_with_stats(
         model,
         prompt_ids,
         settings,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stop_token_ids(tokenizer),
         pad_token_id=pad_token_id,
     )
     seconds = time.perf_counter() - start
@@ -104,7 +105,7 @@ def generate_token_ids(
     prompts: Sequence[Sequence[int]],
     settings: GenerationSection,
     *,
-    eos_token_id: int | None,
+    eos_token_id: Stops,
     pad_token_id: int,
     use_cache: bool = True,
 ) -> list[list[int]]:
@@ -164,9 +165,20 @@ def _left_pad(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, t
     return ids, mask
 
 
-def _cut_after(tokens: list[int], eos_token_id: int | None) -> list[int]:
-    if eos_token_id is not None and eos_token_id in tokens:
-        return tokens[: tokens.index(eos_token_id) + 1]
+def stop_token_ids(tokenizer) -> Stops:
+    """EOS, and the special token that ends a turn in the tokenizer's chat template where that
+    is another one (a ChatML template on a base model: `<|im_end|>`)."""
+    from loraft.tasks.chat import end_of_turn_id
+
+    eos, turn = tokenizer.eos_token_id, end_of_turn_id(tokenizer)
+    return eos if turn is None or turn == eos else [token for token in (eos, turn) if token is not None]
+
+
+def _cut_after(tokens: list[int], eos_token_id: Stops) -> list[int]:
+    stops = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else eos_token_id
+    for index, token in enumerate(tokens):
+        if token in stops:
+            return tokens[: index + 1]
     return tokens
 
 
@@ -184,7 +196,7 @@ Decoder = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def _make_decoder(
     model,
     settings: GenerationSection,
-    eos_token_id: int | None,
+    eos_token_id: Stops,
     pad_token_id: int,
     use_cache: bool,
     context: int | None,
@@ -207,7 +219,7 @@ def _make_decoder(
 
 
 def _standard_decode(
-    model, config: GenerationConfig, eos_token_id: int | None, ids: torch.Tensor, mask: torch.Tensor
+    model, config: GenerationConfig, eos_token_id: Stops, ids: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
     with _model_eos(model, eos_token_id):
         output = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
@@ -215,7 +227,7 @@ def _standard_decode(
 
 
 @contextlib.contextmanager
-def _model_eos(model, eos_token_id: int | None) -> Iterator[None]:
+def _model_eos(model, eos_token_id: Stops) -> Iterator[None]:
     """HF generate fills an unset eos from `model.generation_config`: hide it to never stop."""
     saved = model.generation_config.eos_token_id
     if eos_token_id is None:
@@ -227,7 +239,7 @@ def _model_eos(model, eos_token_id: int | None) -> Iterator[None]:
 
 
 def _generation_config(
-    settings: GenerationSection, eos_token_id: int | None, pad_token_id: int, use_cache: bool
+    settings: GenerationSection, eos_token_id: Stops, pad_token_id: int, use_cache: bool
 ) -> GenerationConfig:
     # Every sampling field is set explicitly: unset ones fall back to HF defaults (top_k=50).
     shared = {
@@ -279,7 +291,7 @@ class WindowedDecoder:
         settings: GenerationSection,
         windows: WindowSampler,
         sampler: torch.Generator,
-        eos_token_id: int | None,
+        eos_token_id: Stops,
         pad_token_id: int,
     ) -> None:
         self.model = model
@@ -307,7 +319,7 @@ class WindowedDecoder:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             new_tokens.append(tokens)
             if self.eos_token_id is not None:
-                finished |= tokens == self.eos_token_id
+                finished |= torch.isin(tokens, torch.tensor(self.eos_token_id, device=tokens.device))
             if finished.all():
                 break
         return torch.stack(new_tokens, dim=1)

@@ -313,3 +313,18 @@ def test_a_one_letter_answer_trains_only_itself(chat_models: dict) -> None:
     assert messages_of_prompt("[joke] tell me one") == [
         {"role": "user", "content": "[joke] tell me one", "completion": True}
     ]
+
+
+def test_generation_stops_at_the_templates_end_of_turn(chat_models: dict) -> None:
+    """A ChatML template on a tokenizer whose EOS is another token: both end a continuation."""
+    from loraft.generation import _cut_after, stop_token_ids
+
+    tokenizer = tokenizer_of(chat_models, "chatml")
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert stop_token_ids(tokenizer) == end  # its EOS is the end of turn already
+    tokenizer.eos_token = "<|endoftext|>"
+    stops = stop_token_ids(tokenizer)
+    assert stops == [tokenizer.eos_token_id, end]
+    assert _cut_after([5, 6, end, 7, 8], stops) == [5, 6, end]
+    gpt2 = tokenizer_of(chat_models, "gpt2")  # the default template ends a turn with EOS
+    assert stop_token_ids(gpt2) == gpt2.eos_token_id

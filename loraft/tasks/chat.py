@@ -283,6 +283,19 @@ def render(tokenizer, messages: list[dict[str, Any]], where: str, add_generation
         raise LoraftError(f"{where}: the chat template refuses this conversation: {reason}") from None
 
 
+def end_of_turn_id(tokenizer) -> int | None:
+    """The special token the chat template puts right after an assistant's content, if any."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    turn = [{"role": "user", "content": "x"}, {"role": "assistant", "content": CONTENT_MARKER}]
+    try:
+        text = tokenizer.apply_chat_template(turn, tokenize=False)
+    except Exception:  # a template that refuses this conversation names no end of turn
+        return None
+    after = template_ids(tokenizer, text.split(CONTENT_MARKER, 1)[-1].lstrip(" "))[:1]
+    return after[0] if after and after[0] in tokenizer.all_special_ids else None
+
+
 def template_ids(tokenizer, text: str) -> list[int]:
     """A rendered prompt's ids: the template wrote its special tokens (BOS among them)."""
     return tokenizer(text, add_special_tokens=False)["input_ids"]
