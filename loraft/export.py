@@ -15,6 +15,7 @@ from pathlib import Path
 
 from loraft import __version__
 from loraft.errors import LoraftError
+from loraft.models.quantize import merged_in_full_precision
 from loraft.recipe import Recipe
 from loraft.recipe_files import NO_GRANTS, CodeGrants
 from loraft.run_dir import BASE_MODEL, RunDirectory
@@ -39,15 +40,12 @@ def export_run(
     recipe = run.read_recipe(grants=grants)
     if merge and method_of(recipe).merge_refusal:
         raise LoraftError(method_of(recipe).merge_refusal)
-    if merge and recipe.model.quantize:
-        raise LoraftError(
-            "export --merge: the run trained on a 4-bit base (model.quantize); merging would "
-            "quantize the update into it (lossy), and a full-precision base is not the one it "
-            "trained on: export the adapter (without --merge), for the 4-bit base"
-        )
     model, tokenizer = load_trained_model(run, checkpoint, recipe)
     family = architecture_name(model)
-    exported, adapter = method_of(recipe).exported(model, merge)
+    if merge and recipe.model.quantize:  # the NF4 weights dequantised, the update added exactly
+        exported, adapter = merged_in_full_precision(model), False
+    else:
+        exported, adapter = method_of(recipe).exported(model, merge)
     out.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".loraft-export-{out.name}-"
     for stale in out.parent.glob(f"{prefix}*"):  # left by an export that was killed mid-write

@@ -15,7 +15,6 @@ from test_families import case_recipe, logits_of, train_losses, trainable_weight
 from test_methods import crash_after_step_3_then_resume
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-from loraft.errors import LoraftError
 from loraft.evaluation import evaluate_run
 from loraft.export import export_run
 from loraft.models.quantize import keep_training_kernels
@@ -54,6 +53,11 @@ def save_dequantized(model_dir: Path, out: Path) -> Path:
     return out
 
 
+def names_of_linear(model) -> list[str]:
+    output = model.get_output_embeddings()
+    return [name for name, m in model.named_modules() if isinstance(m, linear_types()) and m is not output]
+
+
 @pytest.mark.parametrize("family", ["llama", pytest.param("gpt2", marks=pytest.mark.matrix)])
 def test_a_4bit_base_trains_lora_as_its_dequantized_weights_do(
     family: str, family_dirs: dict, tmp_path: Path, monkeypatch
@@ -81,8 +85,14 @@ def test_a_4bit_base_trains_lora_as_its_dequantized_weights_do(
     adapter = export_run(tmp_path / "qlora", tmp_path / "adapter", checkpoint="last")
     reloaded = PeftModel.from_pretrained(quantized(model_dir), adapter)
     torch.testing.assert_close(logits_of(reloaded, tokenizer), logits_of(result.model, tokenizer))
-    with pytest.raises(LoraftError, match="^export --merge: the run trained on a 4-bit base"):
-        export_run(tmp_path / "qlora", tmp_path / "merged", merge=True, checkpoint="last")
+    merged = export_run(tmp_path / "qlora", tmp_path / "merged", merge=True, checkpoint="last")
+    plain = AutoModelForCausalLM.from_pretrained(merged)  # no bitsandbytes: full precision
+    assert type(plain.get_submodule(names_of_linear(plain)[0])) is type(
+        AutoModelForCausalLM.from_pretrained(model_dir).get_submodule(names_of_linear(plain)[0])
+    )
+    torch.testing.assert_close(
+        logits_of(plain, tokenizer), logits_of(result.model, tokenizer), rtol=1e-5, atol=1e-5
+    )
 
     resumed = crash_after_step_3_then_resume(
         monkeypatch, lambda *more: train_recipe(recipe(model_dir, "crashed", "model.quantize=4bit", *more))

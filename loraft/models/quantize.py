@@ -70,3 +70,40 @@ def keep_training_kernels(model: torch.nn.Module) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+
+
+def merged_in_full_precision(model: torch.nn.Module) -> torch.nn.Module:
+    """A LoRA model on a 4-bit base as one plain model: each NF4 weight dequantised, the LoRA
+    update added in full precision (PEFT's own merge would quantise it into the 4-bit weight,
+    lossy), the family's own layer types back (GPT-2's Conv1D stores its weights transposed).
+    The function is the trained model's: the weights it trained on, plus its update."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    from loraft.models.loading import architecture_of
+
+    adapter = model.active_adapter
+    updates = {
+        name.removeprefix("base_model.model."): module.get_delta_weight(adapter).float()
+        for name, module in model.named_modules()
+        if hasattr(module, "get_delta_weight") and adapter in getattr(module, "lora_A", {})
+    }
+    base = model.unload().dequantize()
+    base.config.torch_dtype = "float32"
+    transposed = architecture_of(base) is not None and architecture_of(base).transposed_weights
+    output = base.get_output_embeddings()
+    for name, layer in list(base.named_modules()):
+        if not isinstance(layer, torch.nn.Linear) or layer is output:
+            continue
+        layer.weight.data = layer.weight.data.float() + updates.pop(name, 0)
+        if transposed:  # back to Conv1D, as GPT-2 stores and reloads its weights
+            replacement = Conv1D(layer.out_features, layer.in_features)
+            replacement.weight.data = layer.weight.data.T.contiguous()
+            replacement.bias.data = (
+                layer.bias.data.float() if layer.bias is not None else replacement.bias.data * 0
+            )
+            parent, _, child = name.rpartition(".")
+            setattr(base.get_submodule(parent), child, replacement)
+    if updates:
+        raise LoraftError(f"export --merge: no dequantised layer for the update of {sorted(updates)[0]}")
+    return base
