@@ -61,18 +61,26 @@ def train(model_dir: Path, run_dir: Path, method_overrides: list[str], args: arg
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def main() -> None:
-    args = parse_args()
+def measure(methods: dict[str, list[str]], args: argparse.Namespace, also=None) -> dict[str, dict]:
+    """Each method's figures from its run's summary, every run in its own process on one GPT-2
+    small shape; `also(model_dir, overrides)` adds figures of the caller's own."""
     transformers_logging.disable_progress_bar()
     news = require_data_file("--data-root", "ag_news/news.csv", data_roots(args.data_root))
+    keys = ("trainable_params", "trainable_pct", "train_tokens_per_s", "peak_memory_mb", "device")
     results = {}
     with tempfile.TemporaryDirectory() as temporary:
         model_dir = Path(temporary) / "gpt2-small-random"
         build_model(model_dir, news)
-        for name, overrides in METHODS.items():
-            summary = train(model_dir, Path(temporary) / name.split()[0], overrides, args)
-            keys = ("trainable_params", "trainable_pct", "train_tokens_per_s", "peak_memory_mb", "device")
-            results[name] = {key: summary[key] for key in keys}
+        for index, (name, overrides) in enumerate(methods.items()):
+            summary = train(model_dir, Path(temporary) / f"run-{index}", overrides, args)
+            extra = also(model_dir, overrides) if also else {}
+            results[name] = {**{key: summary[key] for key in keys}, **extra}
+    return results
+
+
+def main() -> None:
+    args = parse_args()
+    results = measure(METHODS, args)
     lora, full = results["lora r=8 (c_attn)"], results["full"]
     ratios = {
         "tokens_per_s_lora_over_full": lora["train_tokens_per_s"] / full["train_tokens_per_s"],

@@ -17,13 +17,10 @@ import importlib.util
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from lora_vs_full import REPO, build_model, train
-from transformers.utils import logging as transformers_logging
+from lora_vs_full import REPO, measure
 
-from loraft.data import data_roots, require_data_file
 from loraft.system import machine_facts
 
 METHODS = {  # name -> overrides of recipes/news.yaml (LoRA r=8 on c_attn)
@@ -79,17 +76,11 @@ def planned_mb(model_dir: Path, overrides: list[str], args: argparse.Namespace) 
 
 def main() -> None:
     args = parse_args()
-    transformers_logging.disable_progress_bar()
-    news = require_data_file("--data-root", "ag_news/news.csv", data_roots(args.data_root))
-    results = {}
-    with tempfile.TemporaryDirectory() as temporary:
-        model_dir = Path(temporary) / "gpt2-small-random"
-        build_model(model_dir, news)
-        for index, (name, overrides) in enumerate(chosen_methods(args.only).items()):
-            summary = train(model_dir, Path(temporary) / f"run-{index}", overrides, args)
-            keys = ("trainable_params", "trainable_pct", "train_tokens_per_s", "peak_memory_mb", "device")
-            results[name] = {key: summary[key] for key in keys}
-            results[name]["plan_mb"] = planned_mb(model_dir, overrides, args)
+    results = measure(
+        chosen_methods(args.only),
+        args,
+        lambda model_dir, overrides: {"plan_mb": planned_mb(model_dir, overrides, args)},
+    )
     lora, full = results["lora r=8"], results["full"]
     for row in results.values():
         row["peak_vs_plan"] = row["peak_memory_mb"] / row["plan_mb"]
