@@ -6,7 +6,9 @@ loss, optimizer, elementwise), forward and backward together.
 batch 8 x 128, in-process; steps after `--warmup` are profiled:
 
     python benchmarks/profile_step.py [--method lora] [--precision bf16] [--steps 3] [--warmup 2]
-        [--data-root ../shared/data] [--top 25]
+        [--data-root ../shared/data] [--top 25] [--by-shape]
+
+`--by-shape` lists the top operators by their input shapes too (which casts, which products).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--by-shape", action="store_true", help="group operators by input shapes too")
     return parser.parse_args()
 
 
@@ -60,6 +63,7 @@ def main() -> None:
     profiler = torch.profiler.profile(
         activities=[torch.profiler.ProfilerActivity.CPU],
         schedule=torch.profiler.schedule(wait=args.warmup, warmup=0, active=args.steps, repeat=1),
+        record_shapes=args.by_shape,
     )
     real_step = Trainer.train_step
 
@@ -83,7 +87,7 @@ def main() -> None:
         )  # fmt: skip
         with profiler:
             train_recipe(recipe, args.data_root)
-    events = profiler.key_averages()
+    events = profiler.key_averages(group_by_input_shape=args.by_shape)
     total = sum(event.self_cpu_time_total for event in events)
     by_kind: dict[str, float] = defaultdict(float)
     for event in events:
@@ -100,6 +104,8 @@ def main() -> None:
     for event in sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.top]:
         share = event.self_cpu_time_total / total
         print(f"{event.key[:47]:<48}{kind_of(event.key):<18}{share:>8.1%}{event.count / args.steps:>14.0f}")
+        if args.by_shape:
+            print(f"    inputs {event.input_shapes}")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,35 @@ torchtune's chunked loss still builds the whole logits first.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from accelerate.utils import extract_model_from_parallel
 
 ROWS = 512  # target positions whose logits exist at once: 512 x 50,257 fp32 is 103 MB
 COLUMNS = 4096  # vocabulary rows multiplied at once
+
+# id(weight) -> (the weight, its version and storage, its autocast-dtype copy): `cast_weight`
+_CASTS: dict[int, tuple[weakref.ref, tuple, torch.Tensor]] = {}
+
+
+class OutputLayer(torch.nn.Linear):
+    """A model's output layer that skips an empty product. The loss asks the model for no
+    logits (`logits_to_keep` empty) and takes the final hidden states; `nn.Linear` would still
+    run, and under autocast cast its whole weight for those zero rows: 12% of a bf16 LoRA step
+    on GPT-2 small (CPU), where the 77 MB copy is fresh memory every time."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if inputs.numel() == 0:
+            return inputs.new_empty((*inputs.shape[:-1], self.out_features))
+        return super().forward(inputs)
+
+
+def skip_empty_products(model: torch.nn.Module) -> None:
+    """The model's plain linear output layer becomes an `OutputLayer` (the same weights)."""
+    head = model.get_output_embeddings()
+    if type(head) is torch.nn.Linear:
+        head.__class__ = OutputLayer
 
 
 def fused_head_weight(model: torch.nn.Module) -> torch.Tensor | None:
@@ -28,7 +52,7 @@ def fused_head_weight(model: torch.nn.Module) -> torch.Tensor | None:
     bias-free linear head whose full weight is in this process. None otherwise (a LoRA-wrapped
     head; FSDP or ZeRO-3, whose weights are sharded outside the forward pass)."""
     head = extract_model_from_parallel(model).get_output_embeddings()
-    if type(head) is not torch.nn.Linear or head.bias is not None:
+    if type(head) not in (torch.nn.Linear, OutputLayer) or head.bias is not None:
         return None
     weight = head.weight
     if type(weight.data) is not torch.Tensor or weight.shape != (head.out_features, head.in_features):
@@ -83,7 +107,7 @@ def _chunked_losses(
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
     count, vocabulary = targets.shape[0], weight.shape[0]
     with torch.autocast(device, enabled=False):
-        inputs, matrix = hidden.to(dtype), weight.to(dtype)
+        inputs, matrix = hidden.to(dtype), cast_weight(weight, dtype)
         fp32 = {"dtype": torch.float32, "device": hidden.device}
         losses = torch.empty(count, **fp32)
         # not zero-filled (0.1 s for GPT-2's output layer on a CPU): the first chunk of rows
@@ -116,6 +140,24 @@ def _chunked_losses(
                     _accumulate(grad_weight[part], softmax.T, rows, start == 0)
             losses[start : start + ROWS] = normaliser - picked
     return losses, grad_hidden, grad_weight
+
+
+def cast_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`weight.to(dtype)`, cast once while the weight is unchanged: a frozen output layer is cast
+    once a run, a trained one once an optimizer step (every in-place update bumps the tensor's
+    version), not once a micro-batch. On a CPU, casting GPT-2's 50,257 x 768 output weight took
+    12% of a bf16 LoRA step (the copy's 77 MB are fresh pages every time)."""
+    if weight.dtype == dtype:
+        return weight
+    state = (weight._version, weight.data_ptr(), weight.device, dtype)
+    cached = _CASTS.get(id(weight))
+    if cached is not None and cached[0]() is weight and cached[1] == state:
+        return cached[2]
+    if cached is None:  # forgotten with the weight
+        weakref.finalize(weight, _CASTS.pop, id(weight), None)
+    cast = weight.detach().to(dtype)
+    _CASTS[id(weight)] = (weakref.ref(weight), state, cast)
+    return cast
 
 
 def _accumulate(total: torch.Tensor, left: torch.Tensor, right: torch.Tensor, first: bool) -> None:

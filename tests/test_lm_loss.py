@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from test_packing import features, tiny_model
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import GPT2LMHeadModel
 
 from loraft import lm_loss
@@ -124,3 +125,50 @@ def test_no_target_gives_zero_gradients() -> None:
     loss = lm_loss.head_loss_sum(hidden, weight, torch.zeros(0, dtype=torch.long))
     loss.backward()
     assert loss.item() == 0 and torch.equal(weight.grad, torch.zeros_like(weight))
+
+
+class HeadCasts(TorchDispatchMode):
+    """Counts the casts of a (vocabulary x width) weight, the output layer's."""
+
+    def __init__(self, shape: torch.Size) -> None:
+        super().__init__()
+        self.shape, self.count = shape, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._to_copy.default and args[0].shape == self.shape:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_bf16_head_weight_is_cast_once_while_it_is_unchanged(tiny_model_dir: Path, method: str) -> None:
+    """Under autocast the output weight is cast for the loss once per value it takes: once a run
+    when frozen (LoRA), once an optimizer step when trained, not once a micro-batch; and no
+    empty product casts it for the zero logits the loss asks the model for. The losses are
+    those of a fresh cast every time."""
+    examples, _ = features(tiny_model_dir, 6)
+    batch = pack_examples(examples)
+    model = tiny_model(tiny_model_dir)
+    assert type(model.lm_head) is lm_loss.OutputLayer
+    if method == "lora":
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True))
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    head = lm_loss.fused_head_weight(model)
+    casts, losses, fresh = HeadCasts(head.shape), [], []
+    for _ in range(2):  # optimizer steps of 2 micro-batches each
+        for _ in range(2):
+            with torch.autocast("cpu", dtype=torch.bfloat16), casts:
+                loss = token_loss_sum(model, batch)
+            loss.backward()
+            losses.append(loss.detach())
+            kept = dict(lm_loss._CASTS)
+            lm_loss._CASTS.clear()
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                fresh.append(token_loss_sum(model, batch))
+            lm_loss._CASTS.clear()
+            lm_loss._CASTS.update(kept)
+        optimizer.step()
+        optimizer.zero_grad()
+    assert casts.count == (2 if method == "full" else 1)
+    assert torch.equal(torch.stack(losses), torch.stack(fresh))
+    assert losses[0] != losses[-1]  # the steps changed the model
