@@ -48,6 +48,7 @@ def plan_recipe(recipe: Recipe) -> dict:
         model = apply_method(base, recipe, kind)
     trainable, total = count_parameters(model)
     quantized = quantized_params(base) if recipe.model.quantize else 0
+    head = loss_head(model, kind)
     family = architecture_for(config.model_type)
     return {
         "model": recipe.model.name or "scratch",
@@ -61,7 +62,9 @@ def plan_recipe(recipe: Recipe) -> dict:
         "max_length": recipe.data.max_length,
         "precision": resolve_precision(recipe.train.precision),
         "memory_mb": with_runtime(
-            estimate_memory_mb(recipe, shape_of(config.to_dict()), trainable, total, quantized)
+            estimate_memory_mb(
+                recipe, shape_of(config.to_dict()), trainable, total, quantized, head, linear_params(base)
+            )
         ),
     }
 
@@ -73,9 +76,8 @@ def with_runtime(memory: dict) -> dict:
     return {"runtime": runtime, **memory, "total": round(memory["total"] + runtime, 1)}
 
 
-def quantized_params(model: torch.nn.Module) -> int:
-    """The weights `model.quantize: 4bit` stores in NF4: every matrix product's but the output
-    layer's (transformers keeps it in full precision)."""
+def linear_params(model: torch.nn.Module) -> int:
+    """The weights of the matrix products below the output layer."""
     from loraft.models.targets import linear_types
 
     output = model.get_output_embeddings()
@@ -86,37 +88,80 @@ def quantized_params(model: torch.nn.Module) -> int:
     )
 
 
+def quantized_params(model: torch.nn.Module) -> int:
+    """The weights `model.quantize: 4bit` stores in NF4: every matrix product's but the output
+    layer's (transformers keeps it in full precision)."""
+    return linear_params(model)
+
+
+def loss_head(model: torch.nn.Module, kind: str) -> torch.Tensor | None:
+    """The output weight where training computes the loss chunk by chunk (`loraft.lm_loss`),
+    so that the whole logits never exist; None where they do."""
+    from loraft.lm_loss import fused_head_weight
+
+    return fused_head_weight(model) if kind != "classification" else None
+
+
 def estimate_memory_mb(
-    recipe: Recipe, shape: ModelShape, trainable: int, total: int, quantized: int = 0
+    recipe: Recipe,
+    shape: ModelShape,
+    trainable: int,
+    total: int,
+    quantized: int = 0,
+    head: torch.Tensor | None = None,
+    linear: int = 0,
 ) -> dict:
     """Weights, gradients, AdamW state and activations, in MiB (an estimate, not a measurement).
 
     Weights stay fp32 under mixed precision (autocast keeps fp32 masters); the `quantized` ones
     take half a byte each, and a byte of scale for every 64 (NF4, double-quantised). Activations follow
     Korthikanti et al. (2022): per layer about seq*batch*hidden*(34 + 5*heads*seq/hidden)
-    bytes at 16 bits, twice that in fp32; the logits and their gradient come on top.
+    bytes at 16 bits, twice that in fp32; at 16 bits the `linear` weights' cast copies are kept
+    for the backward pass too. The loss comes on top: where it is chunked (`head` is the output
+    weight) one chunk of logits, the head's 16-bit copy and the gradient buffers; otherwise
+    the whole logits and their gradient.
     """
-    batch = recipe.train.batch_size
-    seq = min(recipe.data.max_length, shape.context or recipe.data.max_length)
+    batch, seq = recipe.train.batch_size, row_positions(recipe, shape)
     hidden, heads, layers = shape.width, shape.heads, shape.layers
-    scale = 2 if resolve_precision(recipe.train.precision) == "fp32" else 1
+    half = resolve_precision(recipe.train.precision) != "fp32"
+    scale = 1 if half else 2
     per_layer = seq * batch * hidden * (34 + 5 * heads * seq / hidden) * scale
     if recipe.train.gradient_checkpointing:
         layers_kept = seq * batch * hidden * 2 * scale * layers + per_layer
     else:
         layers_kept = per_layer * layers
-    if not method_of(recipe).trains_layers_below_head:  # nothing below the head needs its activations
+    if method_of(recipe).trains_layers_below_head:
+        layers_kept += linear * 2 * half
+    else:  # nothing below the head needs its activations
         layers_kept = seq * batch * hidden * 2 * scale
-    outputs = len(recipe.data.labels or ["0", "1"]) if recipe.task_kind == "classification" else shape.vocab
-    logits = batch * seq * outputs * 4 * 2
     memory = {
         "weights": (total - quantized) * 4 + quantized * (0.5 + 1 / 64),
         "gradients": trainable * 4,
         "optimizer": trainable * 8,
-        "activations": layers_kept + logits,
+        "activations": layers_kept + loss_bytes(recipe, shape, head, half),
     }
     memory["total"] = sum(memory.values())
     return {key: round(value / MB, 1) for key, value in memory.items()}
+
+
+def row_positions(recipe: Recipe, shape: ModelShape) -> int:
+    """The positions of a batch row: `data.max_length` (or the model's context, if shorter) and
+    the method's own (prompt tuning's virtual tokens)."""
+    length = min(recipe.data.max_length, shape.context or recipe.data.max_length)
+    return length + method_of(recipe).extra_positions(recipe)
+
+
+def loss_bytes(recipe: Recipe, shape: ModelShape, head: torch.Tensor | None, half: bool) -> float:
+    """The loss's own peak: the logits, or (chunked) one chunk of them and its gradient buffers."""
+    from loraft.lm_loss import ROWS
+
+    positions = recipe.train.batch_size * row_positions(recipe, shape)
+    if head is None:
+        classes = len(recipe.data.labels or ["0", "1"])
+        return positions * (classes if recipe.task_kind == "classification" else shape.vocab) * 4 * 2
+    size = head.numel()
+    chunk = min(positions, ROWS) * head.shape[0] * 4
+    return chunk + positions * shape.width * 4 + size * 2 * half + size * 4 * head.requires_grad
 
 
 def format_plan(plan: dict) -> str:

@@ -52,6 +52,33 @@ def test_plan_memory_shrinks_with_lora() -> None:
     assert lora["total"] < full["total"]
 
 
+def test_plan_counts_one_chunk_of_logits_where_the_loss_is_chunked() -> None:
+    """GPT-2's LM loss never builds the whole logits (`loraft.lm_loss`); a LoRA-wrapped output
+    layer has no fused loss, so there the whole logits and their gradient are counted."""
+
+    def activations(batch: int, *overrides: str) -> float:
+        overrides = ("train.precision=fp32", f"train.batch_size={batch}", *overrides)
+        recipe = load_recipe(RECIPES / "news.yaml", list(overrides))
+        return plan_recipe(recipe)["memory_mb"]["activations"]
+
+    def whole_logits_mb(batch: int) -> float:
+        return batch * 128 * 50_257 * 8 / 2**20
+
+    on_head = "lora.target_modules=[lm_head]"
+    gaps = {batch: activations(batch, on_head) - activations(batch) for batch in (8, 16)}
+    assert gaps[8] == pytest.approx(whole_logits_mb(8), rel=0.35)
+    # past one chunk of rows the chunked loss stays the same size, the whole logits double
+    assert gaps[16] - gaps[8] == pytest.approx(whole_logits_mb(8), rel=0.05)
+
+
+def test_plan_counts_prompt_tunings_virtual_tokens() -> None:
+    def activations(tokens: int) -> float:
+        overrides = ["method=prompt_tuning", f"prompt_tuning.num_virtual_tokens={tokens}"]
+        return plan_recipe(load_recipe(RECIPES / "news.yaml", overrides))["memory_mb"]["activations"]
+
+    assert activations(128) > 1.4 * activations(1)  # the layers see twice the positions
+
+
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_counts_equal_peft_on_a_real_tiny_model(tiny_model_dir: Path, method: str) -> None:
     recipe = load_recipe(RECIPES / "news.yaml", [f"model.name={tiny_model_dir}", f"method={method}"])
