@@ -12,21 +12,27 @@ values) with one byte-level BPE for both, on real data from ../shared/data:
   (c) evaluation (loss) over (a)'s 500 held-out articles
   (a16) workload (a) in bf16 (loraft's `precision: auto` on such a CPU, TRL with bf16=True):
       only on a CPU with native bf16 (avx512_bf16 or AMX)
+  (l) workload (a) on a Llama of GPT-2 small's size (12 layers, width 768, 12 heads with 4
+      key/value heads, SwiGLU MLP of width 2048, RMSNorm, rotary positions, tied embeddings:
+      114M parameters), LoRA r=8 on all linear layers, and full fine-tuning; fp32
+  (l16) workload (l) in bf16, where bf16 is native
 
 Throughput is non-padding tokens per second over the steps after `--warmup` (evaluation:
 target tokens per second over the whole pass). The ceiling is the matmul peak in the precision
 the row runs in (the mean of one measured just before and one just after that run: a shared
 machine's speed drifts over a 30-minute benchmark), divided by 6N FLOPs a token for full fine-tuning,
-4N for LoRA (no weight gradients for frozen weights) and 2N for evaluation, N = 124,439,808.
+4N for LoRA (no weight gradients for frozen weights) and 2N for evaluation, N the model's
+parameters (GPT-2 small 124,439,808, the Llama 114,114,048).
 Each row also gives its share of the fp32 ceiling (the issue's yardstick, whatever the precision),
 and two bounds, as shares of the ceiling: the products bound, the tokens/s of a step that ran
 nothing but the model's matrix products at their real shapes, timed here (the most any
 implementation on the same BLAS can reach), and the kernels bound, that step plus the least
-other work GPT-2 needs (attention, GELU, layer norms, the loss's softmax, AdamW), each through
-PyTorch's fastest CPU kernel for it (the most any implementation on PyTorch's kernels can reach).
-Workloads a, b and c run in fp32 on both sides.
+other work the family needs (GPT-2: attention with dropout, GELU, layer norms; the Llama: GQA
+attention, SiLU gating, RMSNorm, rotary positions; both: the loss's softmax, AdamW), each
+through PyTorch's fastest CPU kernel for it (the most any implementation on PyTorch's kernels
+can reach). Workloads a, b, c and l run in fp32 on both sides.
 
-    python benchmarks/vs_trl.py [--steps 8] [--warmup 2] [--workloads a,b,c,a16] [--json]
+    python benchmarks/vs_trl.py [--steps 8] [--warmup 2] [--workloads a,b,c,a16,l,l16] [--json]
 """
 
 from __future__ import annotations
@@ -43,8 +49,50 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 REPO = Path(__file__).resolve().parents[1]
-N_PARAMS = 124_439_808
-LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["c_attn"], "fan_in_fan_out": True}
+# family -> its shape: GPT-2 small's, and a Llama of the same size
+SHAPES = {
+    "gpt2": {"layers": 12, "width": 768, "heads": 12, "kv_heads": 12, "mlp": 3072, "attention_dropout": 0.1},
+    "llama": {"layers": 12, "width": 768, "heads": 12, "kv_heads": 4, "mlp": 2048, "attention_dropout": 0.0},
+}
+VOCABULARY = 50_257  # GPT-2's; the benchmark's BPE uses the first 8,000 ids
+LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05}
+LORA_TARGETS = {  # family -> PEFT's arguments for loraft's recipe targets
+    "gpt2": {"target_modules": ["c_attn"], "fan_in_fan_out": True},
+    "llama": {"target_modules": "all-linear"},
+}
+RECIPE_TARGETS = {"gpt2": [], "llama": ["lora.target_modules=[all-linear]"]}
+WORKLOAD_FAMILY = {"a": "gpt2", "b": "gpt2", "c": "gpt2", "a16": "gpt2", "l": "llama", "l16": "llama"}
+
+
+def layer_weights(family: str) -> list[tuple[int, int]]:
+    """(inputs, outputs) of each matrix product of one layer."""
+    shape = SHAPES[family]
+    width, mlp = shape["width"], shape["mlp"]
+    if family == "gpt2":
+        return [(width, 3 * width), (width, width), (width, mlp), (mlp, width)]
+    kv = shape["kv_heads"] * width // shape["heads"]
+    return [
+        (width, width),
+        (width, kv),
+        (width, kv),
+        (width, width),
+        (width, mlp),
+        (width, mlp),
+        (mlp, width),
+    ]
+
+
+def parameter_count(family: str) -> int:
+    """N: the embedding (tied to the output layer), the layers' products and norms, the last norm
+    (and GPT-2's positions and biases)."""
+    shape = SHAPES[family]
+    width, layers = shape["width"], shape["layers"]
+    products = sum(inputs * outputs for inputs, outputs in layer_weights(family))
+    if family == "gpt2":
+        biases = sum(outputs for _, outputs in layer_weights(family))
+        per_layer = products + biases + 4 * width  # two layer norms, weight and bias
+        return VOCABULARY * width + 1024 * width + layers * per_layer + 2 * width
+    return VOCABULARY * width + layers * (products + 2 * width) + width
 
 
 def main() -> None:
@@ -57,20 +105,25 @@ def main() -> None:
     from loraft.system import cpu_has_native_bf16
 
     workloads = args.workloads.split(",")
-    if "a16" in workloads and not cpu_has_native_bf16():
-        print("skipping a16: this CPU has no native bf16 (bf16 would be emulated)", file=sys.stderr)
-        workloads.remove("a16")
+    for half in ("a16", "l16"):
+        if half in workloads and not cpu_has_native_bf16():
+            print(f"skipping {half}: this CPU has no native bf16 (bf16 would be emulated)", file=sys.stderr)
+            workloads.remove(half)
     dtypes = {"fp32": torch.float32}
-    if "a16" in workloads:
+    if {"a16", "l16"} & set(workloads):
         dtypes["bf16"] = torch.bfloat16
     capability = torch.backends.cpu.get_cpu_capability()
     with tempfile.TemporaryDirectory() as scratch:
-        model = Path(scratch) / "gpt2-small"
-        run_worker(args, "build", "--model", str(model))
+        models = {family: Path(scratch) / f"{family}-small" for family in SHAPES}
+        for family, model in models.items():
+            run_worker(args, "build", "--model", str(model), "--family", family)
         results = []
         for workload in workloads:
-            precision = "bf16" if workload == "a16" else "fp32"
-            common = ["--model", str(model), "--scratch", scratch, "--precision", precision]
+            precision = "bf16" if workload.endswith("16") else "fp32"
+            family = WORKLOAD_FAMILY[workload]
+            common = ["--model", str(models[family]), "--scratch", scratch, "--precision", precision]
+            common += ["--family", family]
+            n = parameter_count(family)
             for group, name, worker, extra, flops in PLAN[workload]:
                 # A shared machine's speed drifts: each run's ceilings come from the peaks measured
                 # just before and just after it (the parent is idle while the worker runs).
@@ -82,13 +135,13 @@ def main() -> None:
                 bounds = {"products_bound": None, "kernels_bound": None}
                 if workload != "b" and name == "loraft":
                     bounds = {
-                        "products_bound": products_bound(flops, tokens, dtypes[precision]),
-                        "kernels_bound": kernels_bound(flops, tokens, dtypes[precision]),
+                        "products_bound": products_bound(family, flops, tokens, dtypes[precision]),
+                        "kernels_bound": kernels_bound(family, flops, tokens, dtypes[precision]),
                     }
                 results.append(
-                    {"group": group, "setup": name, **figures, "precision": precision}
-                    | {"peak_gflops": peaks[precision], "ceiling": ceiling(peaks[precision], flops)}
-                    | {"fp32_ceiling": ceiling(peaks["fp32"], flops), **bounds}
+                    {"group": group, "setup": name, **figures, "precision": precision, "family": family}
+                    | {"peak_gflops": peaks[precision], "ceiling": ceiling(peaks[precision], flops, n)}
+                    | {"fp32_ceiling": ceiling(peaks["fp32"], flops, n), **bounds}
                 )
     report = {
         "cpu_capability": capability,
@@ -102,7 +155,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="measured optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="steps run before measuring")
-    parser.add_argument("--workloads", default="a,b,c,a16")
+    parser.add_argument("--workloads", default="a,b,c,a16,l,l16")
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--json", action="store_true", help="print one JSON object, no table")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -111,6 +164,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--family", default="gpt2", help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -134,49 +188,59 @@ def run_worker(args: argparse.Namespace, worker: str, *extra: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def ceiling(peak_gflops: float, flops_per_token: int) -> float:
+def ceiling(peak_gflops: float, flops_per_token: int, n_params: int) -> float:
     """Tokens per second if every FLOP ran at the matmul peak: peak / (FLOPs a token x N)."""
-    return peak_gflops * 1e9 / (flops_per_token * N_PARAMS)
+    return peak_gflops * 1e9 / (flops_per_token * n_params)
 
 
-def products_bound(flops_per_token: int, tokens: int, dtype) -> float:
-    """Tokens/s of a step that did nothing but GPT-2 small's matrix products at their real
+def products_bound(family: str, flops_per_token: int, tokens: int, dtype) -> float:
+    """Tokens/s of a step that did nothing but the family's matrix products at their real
     shapes for `tokens` tokens: every weight's forward product, its input gradient (LoRA, full)
     and its weight gradient (full), each timed here (best of 5). No implementation that runs
     these products through the same BLAS goes faster, however little else it does."""
-    return tokens / products_seconds(flops_per_token, tokens, dtype)
+    return tokens / products_seconds(family, flops_per_token, tokens, dtype)
 
 
-def kernels_bound(flops_per_token: int, tokens: int, dtype) -> float:
+def kernels_bound(family: str, flops_per_token: int, tokens: int, dtype) -> float:
     """Tokens/s of a step that ran the products and, besides them, only the other work every
-    GPT-2 step needs, each through PyTorch's fastest CPU kernel for it, timed here at its real
-    shapes: causal attention on each example of 60 tokens (SDPA; in training with the model's
-    attention dropout, which only its math path runs), the tanh GELU, the layer norms, the
-    loss's log-softmax over the vocabulary (fp32) and, for full fine-tuning, fused AdamW over
-    every weight; forward only for evaluation (2N). Residual dropout, additions, copies and
-    LoRA's own products are left out, so no step on these kernels can go faster."""
+    step of the family needs, each through PyTorch's fastest CPU kernel for it, timed here at
+    its real shapes: causal attention on each example of 60 tokens (SDPA; GPT-2's with its
+    attention dropout in training, which only SDPA's math path runs; the Llama's grouped-query),
+    the MLP's activation (GPT-2's tanh GELU; the Llama's SiLU times the up projection), the
+    norms (layer norms, RMSNorm; fp32, as autocast and transformers run them), the Llama's
+    rotary positions on queries and keys (two products and a sum a value, in place of a
+    rotation kernel PyTorch lacks), the loss's log-softmax over the vocabulary (fp32) and, for
+    full fine-tuning, fused AdamW over every weight; forward only for evaluation (2N).
+    Residual dropout, additions, copies and LoRA's own products are left out, so no step on
+    these kernels can go faster."""
     import torch
 
     training = flops_per_token > 2
-    width, layers, vocabulary = 768, 12, 50257
-    seconds = products_seconds(flops_per_token, tokens, dtype)
-    seconds += layers * (tokens // 60) * attention_seconds(60, training, dtype)
-    seconds += layers * elementwise_seconds("gelu", (tokens, 4 * width), training, dtype)
-    seconds += (2 * layers + 1) * elementwise_seconds("layer_norm", (tokens, width), training, dtype)
-    seconds += elementwise_seconds("log_softmax", (tokens, vocabulary), False, torch.float32)
+    shape = SHAPES[family]
+    width, layers, heads, kv_heads = shape["width"], shape["layers"], shape["heads"], shape["kv_heads"]
+    seconds = products_seconds(family, flops_per_token, tokens, dtype)
+    dropout = shape["attention_dropout"] * training
+    seconds += layers * (tokens // 60) * attention_seconds(60, heads, kv_heads, dropout, training, dtype)
+    activation = "gelu" if family == "gpt2" else "silu_gate"
+    seconds += layers * elementwise_seconds(activation, (tokens, shape["mlp"]), training, dtype)
+    norm = "layer_norm" if family == "gpt2" else "rms_norm"
+    seconds += (2 * layers + 1) * elementwise_seconds(norm, (tokens, width), training, dtype)
+    if family == "llama":
+        rotated = (tokens, (heads + kv_heads) * width // heads)
+        seconds += layers * elementwise_seconds("rotary", rotated, training, dtype)
+    seconds += elementwise_seconds("log_softmax", (tokens, VOCABULARY), False, torch.float32)
     if flops_per_token == 6:
-        seconds += adamw_seconds()
+        seconds += adamw_seconds(family)
     return tokens / seconds
 
 
-def products_seconds(flops_per_token: int, tokens: int, dtype) -> float:
+def products_seconds(family: str, flops_per_token: int, tokens: int, dtype) -> float:
     """The time of `products_bound`'s products, each the best of 5."""
     import torch
 
-    width, layers, vocabulary = 768, 12, 50257
-    weights = [(width, 3 * width), (width, width), (width, 4 * width), (4 * width, width)]
+    width, layers = SHAPES[family]["width"], SHAPES[family]["layers"]
     products = []
-    for inner, outer in weights * layers + [(width, vocabulary)]:
+    for inner, outer in layer_weights(family) * layers + [(width, VOCABULARY)]:
         products.append((tokens, inner, outer))
         if flops_per_token >= 4:
             products.append((tokens, outer, inner))
@@ -188,17 +252,22 @@ def products_seconds(flops_per_token: int, tokens: int, dtype) -> float:
     return sum(seconds[shape] for shape in products)
 
 
-def attention_seconds(length: int, training: bool, dtype) -> float:
-    """Causal SDPA over one example of 12 heads (and its backward, with dropout 0.1, in training)."""
+def attention_seconds(length: int, heads: int, kv_heads: int, dropout: float, training: bool, dtype) -> float:
+    """Causal SDPA over one example (grouped-query where kv_heads < heads), and its backward in
+    training."""
     import torch
     import torch.nn.functional as F
 
-    query, key, value = (
-        torch.randn(1, 12, length, 64, dtype=dtype, requires_grad=training) for _ in range(3)
-    )
+    def tensor(count: int) -> torch.Tensor:
+        return torch.randn(1, count, length, 64, dtype=dtype, requires_grad=training)
+
+    query, key, value = tensor(heads), tensor(kv_heads), tensor(kv_heads)
+    grouped = kv_heads < heads
 
     def run() -> None:
-        output = F.scaled_dot_product_attention(query, key, value, is_causal=True, dropout_p=0.1 * training)
+        output = F.scaled_dot_product_attention(
+            query, key, value, is_causal=True, dropout_p=dropout, enable_gqa=grouped
+        )
         if training:
             output.backward(torch.ones_like(output))
 
@@ -207,17 +276,22 @@ def attention_seconds(length: int, training: bool, dtype) -> float:
 
 
 def elementwise_seconds(kernel: str, shape: tuple[int, int], training: bool, dtype) -> float:
-    """One `kernel` (gelu: tanh GELU; layer_norm over the last axis, fp32 as autocast runs it;
-    log_softmax over the last axis) on a tensor of `shape`, and its backward in training."""
+    """One `kernel` (gelu: tanh GELU; silu_gate: SiLU of one tensor times another; layer_norm,
+    rms_norm over the last axis, fp32; rotary: x * cos + rotated * sin; log_softmax over the
+    last axis) on tensors of `shape`, and its backward in training."""
     import torch
     import torch.nn.functional as F
 
-    if kernel == "layer_norm":
+    if kernel in ("layer_norm", "rms_norm"):
         dtype = torch.float32
-    inputs = torch.randn(shape, dtype=dtype, requires_grad=training)
+    inputs, other = (torch.randn(shape, dtype=dtype, requires_grad=training) for _ in range(2))
+    cos, sin = torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)
     function = {
         "gelu": lambda: F.gelu(inputs, approximate="tanh"),
+        "silu_gate": lambda: F.silu(inputs) * other,
         "layer_norm": lambda: F.layer_norm(inputs, shape[-1:]),
+        "rms_norm": lambda: F.rms_norm(inputs, shape[-1:]),
+        "rotary": lambda: torch.addcmul(inputs * cos, other, sin),
         "log_softmax": lambda: inputs.log_softmax(-1),
     }[kernel]
 
@@ -230,11 +304,14 @@ def elementwise_seconds(kernel: str, shape: tuple[int, int], training: bool, dty
         return best_seconds(run)
 
 
-def adamw_seconds() -> float:
-    """One fused AdamW step over GPT-2 small's weights (fp32, as loraft's optimizer runs)."""
+def adamw_seconds(family: str) -> float:
+    """One fused AdamW step over the family's weights (fp32, as loraft's optimizer runs)."""
     import torch
 
-    weights = [torch.nn.Parameter(torch.randn(count)) for count in (38_597_376, 786_432, 85_056_000)]
+    embedding = VOCABULARY * SHAPES[family]["width"]
+    weights = [
+        torch.nn.Parameter(torch.randn(count)) for count in (embedding, parameter_count(family) - embedding)
+    ]
     for weight in weights:
         weight.grad = torch.randn_like(weight)
     return best_seconds(torch.optim.AdamW(weights, fused=True).step)
@@ -273,14 +350,31 @@ def matmul_peak_gflops(dtype) -> float:
 
 
 def build(args: argparse.Namespace) -> dict:
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """The family's model (random init) and the shared BPE, saved; its parameters counted."""
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
     from loraft.tokenizer import train_byte_level_bpe
 
     texts = (Path(args.data_root) / "ag_news" / "news.csv").read_text(encoding="utf-8").splitlines()[:3000]
     tokenizer = train_byte_level_bpe(texts, vocab_size=8000)
-    config = GPT2Config(bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    GPT2LMHeadModel(config).save_pretrained(args.model)
+    ids = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if args.family == "gpt2":
+        config = GPT2Config(**ids)
+    else:
+        shape = SHAPES["llama"]
+        config = LlamaConfig(
+            vocab_size=VOCABULARY, hidden_size=shape["width"], intermediate_size=shape["mlp"],
+            num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
+            num_key_value_heads=shape["kv_heads"], max_position_embeddings=1024,
+            tie_word_embeddings=True, **ids,
+        )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config)
+    count = sum(parameter.numel() for parameter in model.parameters())
+    if count != parameter_count(args.family):
+        raise SystemExit(
+            f"{args.family}: {count:,} parameters, the benchmark counts {parameter_count(args.family):,}"
+        )
+    model.save_pretrained(args.model)
     tokenizer.save_pretrained(args.model)
     return {}
 
@@ -288,7 +382,7 @@ def build(args: argparse.Namespace) -> dict:
 def loraft_train(args: argparse.Namespace) -> dict:
     """`loraft train`, then the steady rate from its own metrics.jsonl (cumulative tokens/s)."""
     recipe, overrides = ("news.yaml", NEWS) if args.variant == "news" else ("cfimdb-lora.yaml", CFIMDB)
-    run = Path(args.scratch) / f"loraft-{args.variant}-{args.method}"
+    run = Path(args.scratch) / f"loraft-{args.family}-{args.variant}-{args.method}"
     steps = args.warmup + args.steps
     command = [
         sys.executable,
@@ -307,11 +401,14 @@ def loraft_train(args: argparse.Namespace) -> dict:
         "train.save_every=100000",
         "train.eval_every=100000",
         *overrides,
+        *(RECIPE_TARGETS[args.family] if args.method == "lora" else []),
         "--data-root",
         args.data_root,
         "--overwrite",
     ]
-    subprocess.run(command, check=True, capture_output=True, cwd=REPO)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    if done.returncode:
+        raise SystemExit(f"loraft train failed:\n{done.stderr[-3000:]}")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = {record["step"]: record for record in records if record["kind"] == "train"}
     start, end = train[args.warmup], train[steps]
@@ -355,7 +452,7 @@ def trl_train(args: argparse.Namespace) -> dict:
     train, _ = news_texts(args)
     options = {"packing": args.variant == "packing"}  # TRL packs best-fit-decreasing, padding-free
     config = SFTConfig(
-        output_dir=str(Path(args.scratch) / f"trl-{args.method}-{args.variant}"),
+        output_dir=str(Path(args.scratch) / f"trl-{args.family}-{args.method}-{args.variant}"),
         per_device_train_batch_size=8,
         max_length=128,
         max_steps=args.warmup + args.steps,
@@ -369,7 +466,8 @@ def trl_train(args: argparse.Namespace) -> dict:
         dataloader_num_workers=0,
         **options,
     )
-    peft = LoraConfig(task_type="CAUSAL_LM", **LORA) if args.method == "lora" else None
+    targets = LORA_TARGETS[args.family]
+    peft = LoraConfig(task_type="CAUSAL_LM", **LORA, **targets) if args.method == "lora" else None
     clock = StepClock(args.warmup)
     trainer = SFTTrainer(
         model=args.model, args=config, train_dataset=train, peft_config=peft, callbacks=[clock]
@@ -422,7 +520,7 @@ def hf_classify(args: argparse.Namespace) -> dict:
     )
     model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
     model.config.pad_token_id = tokenizer.pad_token_id
-    model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", **LORA))
+    model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", **LORA, **LORA_TARGETS["gpt2"]))
     config = TrainingArguments(
         output_dir=str(Path(args.scratch) / "hf-cls"),
         per_device_train_batch_size=8,
@@ -562,6 +660,20 @@ PLAN = {
         ("a16 lora", "TRL defaults", "trl-train", ["--method", "lora", "--variant", "default"], 4),
         ("a16 full", "loraft", "loraft-train", ["--method", "full", "--variant", "news"], 6),
         ("a16 full", "TRL defaults", "trl-train", ["--method", "full", "--variant", "default"], 6),
+    ],
+    "l": [
+        ("l lora", "loraft", "loraft-train", ["--method", "lora", "--variant", "news"], 4),
+        ("l lora", "TRL defaults", "trl-train", ["--method", "lora", "--variant", "default"], 4),
+        ("l lora", "TRL packing", "trl-train", ["--method", "lora", "--variant", "packing"], 4),
+        ("l full", "loraft", "loraft-train", ["--method", "full", "--variant", "news"], 6),
+        ("l full", "TRL defaults", "trl-train", ["--method", "full", "--variant", "default"], 6),
+        ("l full", "TRL packing", "trl-train", ["--method", "full", "--variant", "packing"], 6),
+    ],
+    "l16": [
+        ("l16 lora", "loraft", "loraft-train", ["--method", "lora", "--variant", "news"], 4),
+        ("l16 lora", "TRL defaults", "trl-train", ["--method", "lora", "--variant", "default"], 4),
+        ("l16 full", "loraft", "loraft-train", ["--method", "full", "--variant", "news"], 6),
+        ("l16 full", "TRL defaults", "trl-train", ["--method", "full", "--variant", "default"], 6),
     ],
 }
 
