@@ -47,6 +47,17 @@ def skip_empty_products(model: torch.nn.Module) -> None:
         head.__class__ = OutputLayer
 
 
+def sparse_tied_embedding(model: torch.nn.Module) -> None:
+    """An input embedding tied to the output layer gets its gradient as the rows its tokens
+    touch (`nn.Embedding(sparse=True)`), not as a zero-filled (vocabulary x width) tensor: a
+    tied weight's two gradients are summed before they reach it, and the output layer's is
+    dense, so the weight's gradient is dense and the same all the same. Filling 50,257 x 768
+    zeros took 9% of a bf16 full fine-tuning step of GPT-2 small (CPU, fresh memory each step)."""
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if type(embedding) is torch.nn.Embedding and head is not None and embedding.weight is head.weight:
+        embedding.sparse = True
+
+
 def fused_head_weight(model: torch.nn.Module) -> torch.Tensor | None:
     """The output layer's weight, where the loss can be computed from the hidden states: a plain
     bias-free linear head whose full weight is in this process. None otherwise (a LoRA-wrapped

@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import GPT2LMHeadModel
 
 from loraft import lm_loss
+from loraft.models.loading import with_fast_kernels
 from loraft.packing import pack_examples
 from loraft.tasks import causal_lm
 from loraft.tasks.causal_lm import pad_right, per_example_token_loss, token_loss_sum
@@ -172,3 +173,24 @@ def test_bf16_head_weight_is_cast_once_while_it_is_unchanged(tiny_model_dir: Pat
     assert casts.count == (2 if method == "full" else 1)
     assert torch.equal(torch.stack(losses), torch.stack(fresh))
     assert losses[0] != losses[-1]  # the steps changed the model
+
+
+def test_a_tied_embeddings_sparse_gradient_gives_the_dense_one(tiny_model_dir: Path) -> None:
+    """Full fine-tuning with the tied embedding's gradient sparse: the weight's gradient is
+    dense and equal to the one a dense embedding backward gives, and fused AdamW takes it."""
+    examples, _ = features(tiny_model_dir, 6)
+    batch = pack_examples(examples)
+    model = tiny_model(tiny_model_dir)
+    assert model.transformer.wte.sparse and model.transformer.wte.weight is model.lm_head.weight
+    loss, grads = model_loss_and_gradients(model, batch)
+    model.transformer.wte.sparse = False
+    expected_loss, expected_grads = model_loss_and_gradients(model, batch)
+    assert torch.equal(loss, expected_loss)
+    assert all(not grad.is_sparse for grad in grads)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        close(grad, expected_grad)  # the same sums, added in another order
+    model.transformer.wte.sparse = True
+    model_loss_and_gradients(model, batch)
+    torch.optim.AdamW(model.parameters(), fused=True).step()
+    untied = with_fast_kernels(GPT2LMHeadModel.from_pretrained(tiny_model_dir, tie_word_embeddings=False))
+    assert not untied.transformer.wte.sparse  # its gradient would be sparse: fused AdamW refuses those

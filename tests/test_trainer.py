@@ -4,6 +4,7 @@ is split into micro-batches and processes (CPU, fp32, dropout off, the tiny GPT-
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -290,17 +291,22 @@ def test_frozen_weights_held_in_bf16_change_no_number(
     from loraft.trainer import Trainer
 
     dtypes: set[torch.dtype] = set()
+    spilled: list[list[str]] = []
     step = Trainer.train_step
 
     def spy(trainer: Trainer, number: int):
         base = trainer.accelerator.unwrap_model(trainer.model).base_model.model
         dtypes.update({base.transformer.h[0].attn.c_attn.base_layer.weight.dtype, base.lm_head.weight.dtype})
+        spilled.append([path.name for path in trainer.recipe.run_dir.glob("frozen-fp32-*.pt")])
         return step(trainer, number)
 
     overrides = ("train.precision=bf16", "train.max_steps=3", "train.eval_every=2", "train.log_every=1")
     monkeypatch.setattr(Trainer, "train_step", spy)
     held = train_recipe(joker_recipe(tiny_model_dir, tmp_path / "held", *overrides))
     assert dtypes == {torch.bfloat16, torch.float32}  # Conv1D held in bf16; the tied head is not
+    # the fp32 values waited in the run folder, not in memory, and the file is gone
+    assert spilled == [[f"frozen-fp32-{os.getpid()}.pt"]] * 3
+    assert not list((tmp_path / "held").glob("frozen-fp32-*"))
     original = GPT2LMHeadModel.from_pretrained(tiny_model_dir).state_dict()
     for name, value in held.model.base_model.model.state_dict().items():
         if "lora_" not in name and name in original:
@@ -308,3 +314,39 @@ def test_frozen_weights_held_in_bf16_change_no_number(
     monkeypatch.setattr(training, "held_dtype", lambda *args: None)  # autocast casts each step
     train_recipe(joker_recipe(tiny_model_dir, tmp_path / "cast", *overrides))
     assert metrics_without_timing(tmp_path / "held") == metrics_without_timing(tmp_path / "cast")
+
+
+def test_frozen_weights_stay_in_memory_when_the_disk_cannot_take_them(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A full disk costs memory, not the run; a killed run's leftover file goes on resume."""
+    from loraft.models import loading
+
+    save = torch.save
+
+    def full_disk(value, path, *args, **kwargs):
+        if Path(path).name.startswith("frozen-fp32-"):
+            raise OSError(28, "No space left on device")
+        return save(value, path, *args, **kwargs)
+
+    overrides = ("train.precision=bf16", "train.max_steps=2", "train.save_every=1", "train.log_every=1")
+    with monkeypatch.context() as patch:
+        patch.setattr(loading.torch, "save", full_disk)
+        held = train_recipe(joker_recipe(tiny_model_dir, tmp_path / "run", *overrides))
+    assert (
+        "cannot hold the frozen fp32 weights on disk (No space left on device); kept in memory"
+        in capsys.readouterr().out
+    )
+    original = GPT2LMHeadModel.from_pretrained(tiny_model_dir).state_dict()
+    restored = held.model.base_model.model.state_dict()
+    assert torch.equal(
+        restored["transformer.h.0.attn.c_attn.base_layer.weight"],
+        original["transformer.h.0.attn.c_attn.weight"],
+    )
+    assert not list((tmp_path / "run").glob("frozen-fp32-*"))
+    (tmp_path / "run" / "frozen-fp32-99999.pt").write_bytes(b"left by kill -9")
+    (tmp_path / "run" / "summary.json").unlink()
+    train_recipe(
+        joker_recipe(tiny_model_dir, tmp_path / "run", *overrides, "train.max_steps=3", "train.resume=auto")
+    )
+    assert not list((tmp_path / "run").glob("frozen-fp32-*"))
