@@ -43,10 +43,16 @@ def check_recipe(recipe: Recipe, roots: list[Path] | None = None, evaluation_onl
         for name in recipe.study.decoders:
             check_generation(recipe.decoder_settings(name), context, f"study.decoders.{name}")
         check_extra_metrics(recipe)
+    if recipe.eval.retain is not None and recipe.task_kind == "classification":
+        raise LoraftError("eval.retain: needs a causal language-model task (a classifier has no LM head)")
     if roots is None:
         return []
     task = task_class(recipe, roots, evaluation_only)
     task.check_data()
+    if recipe.eval.retain is not None and not evaluation_only:
+        from loraft.retain import read_retain_texts
+
+        read_retain_texts(recipe, roots)
     check_model_available(recipe)
     return task.data_notes()
 

@@ -130,7 +130,11 @@ def model_card(
         "## Data\n\n" + _bullets(_data_facts(recipe, summary, local_data)),
         "## Training\n\n" + _bullets(_training_facts(recipe, summary)),
     ]
-    evaluated = summary.get("best_eval" if checkpoint == "best" else "final_eval", {})
+    split = summary.get("selection_split", "eval")
+    if checkpoint == "best" and "test_eval" in summary:
+        evaluated, split = summary["test_eval"], "test"
+    else:
+        evaluated = summary.get("best_eval" if checkpoint == "best" else "final_eval", {})
     metrics = {k: v for k, v in evaluated.items() if isinstance(v, int | float) and k != "step"}
     if metrics:
         rows = "\n".join(
@@ -138,7 +142,8 @@ def model_card(
             for key, value in metrics.items()
         )
         sections.append(
-            f"## Metrics ({checkpoint} checkpoint, step {evaluated.get('step')})\n\n"
+            f"## Metrics ({checkpoint} checkpoint, step {evaluated.get('step')}, {split} split"
+            f"{', which also selected it' if split == 'eval' and checkpoint == 'best' else ''})\n\n"
             f"| metric | value |\n|---|---|\n{rows}"
         )
     sections.append("## Use\n\n```python\n" + _usage(recipe, adapter, pad_token_id) + "\n```")

@@ -41,6 +41,9 @@ def fingerprint(recipe: Recipe, roots: list[Path], base: Path | None = None) -> 
         found = find_data_file(relative, roots) if relative else None
         if found is not None and found.is_file():
             prints[f"data.{field}"] = file_print(found)
+    retain = find_data_file(recipe.eval.retain, roots) if recipe.eval.retain else None
+    if retain is not None and retain.is_file():
+        prints["eval.retain"] = file_print(retain)
     if recipe.data.hub is not None:
         prints["data.hub"] = {"id": recipe.data.hub.id, "config": recipe.data.hub.config}
     folder = base if recipe.model.config is not None else model_folder(recipe)

@@ -251,6 +251,13 @@ class DataSection(Section):
     eval_fraction: float = Field(
         0.1, gt=0, lt=1, description="share of `train` held out when there is no `eval`"
     )
+    validation_fraction: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="share of `train` held out to select checkpoints on; `eval` is then the test set, "
+        "scored once with the selected checkpoint; null: selection and report share `eval`",
+    )
     seed: int = Field(
         42,
         **SEED_RANGE,
@@ -343,6 +350,11 @@ class EvalSection(Section):
     )
     allow_local_metric_code: bool = Field(
         False, description="set by --allow-local-metric-code: `evaluate:/local/dir` metrics run that code"
+    )
+    retain: str | None = Field(
+        None,
+        description="causal tasks: a text file (a text a line) like the base's pretraining data, whose "
+        "loss is measured before and after fine-tuning: what the run forgot",
     )
 
 

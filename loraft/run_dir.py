@@ -232,6 +232,10 @@ class RunDirectory:
         return self.path / "metrics.jsonl"
 
     @property
+    def example_values_path(self) -> Path:
+        return self.path / "example_values.json"
+
+    @property
     def summary_path(self) -> Path:
         return self.path / "summary.json"
 
@@ -300,6 +304,28 @@ class RunDirectory:
         """Keep only records up to `last_step` (a resumed run writes the later ones again)."""
         kept = [record for record in self.read_metrics() if record.get("step", 0) <= last_step]
         write_atomically(self.metrics_path, "".join(json.dumps(record) + "\n" for record in kept))
+
+    def write_example_values(self, split: str, step: int, values: dict[str, list]) -> None:
+        """Each reported example's values (`Task.example_values`), in the split's order."""
+        record = {"split": split, "step": step, "values": values}
+        write_atomically(self.example_values_path, json.dumps(record) + "\n")
+
+    def read_example_values(self) -> dict[str, Any] | None:
+        """The reported examples' values, or None where the run has none (older runs) or the
+        file is not what `write_example_values` writes."""
+        try:
+            record = json.loads(self.example_values_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        values = record.get("values") if isinstance(record, dict) else None
+        if not isinstance(values, dict) or not values:
+            return None
+        columns = list(values.values())
+        if not all(isinstance(c, list) and all(isinstance(v, int | float) for v in c) for c in columns):
+            return None
+        if len({len(column) for column in columns}) != 1:
+            return None
+        return record
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_atomically(self.summary_path, json.dumps(summary, indent=2) + "\n")

@@ -84,6 +84,9 @@ def machine_facts() -> dict:
         "native_bf16": cpu_has_native_bf16(),
         "cores": os.cpu_count(),
         "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        # 1-, 5- and 15-minute load averages: how busy the machine was over the last while
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 
@@ -104,6 +107,7 @@ def environment_facts(accelerator: Accelerator, precision: str) -> dict:
         "precision": precision,
         "num_processes": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type.value),
+        "machine": machine_facts(),  # at the end of training: its load averages cover the run's last minutes
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,

@@ -29,6 +29,7 @@ from loraft.errors import LoraftError
 from loraft.fingerprint import changes, fingerprint, read_fingerprint
 from loraft.methods import apply_method, method_of
 from loraft.models.loading import (
+    SPILL_PATTERN,
     build_base_model,
     build_tokenizer,
     count_parameters,
@@ -84,7 +85,12 @@ def train_recipe(
     task = build_task(recipe, roots)
     if accelerator.device.type == "cpu" and task.kind == "causal_lm":
         keep_freed_memory()  # see there: length-grouped classification batches would fragment it
-    run, tokenizer, base, train_set, eval_set = prepare_run(recipe, task, state, overwrite, accelerator)
+    run, tokenizer, base, train_set, eval_set, validation_set = prepare_run(
+        recipe, task, state, overwrite, accelerator
+    )
+    selection_set = eval_set if validation_set is None else validation_set
+    if validation_set is None:
+        accelerator.print(SHARED_SPLIT_NOTE)
     if run is not None and (state is None or changed):
         record_inputs(run, recipe, roots, data_root, changed, state_step(state) if state else 0)
     for line in [*method_of(recipe).describe(base, recipe), *task.fit_to_model(base)]:
@@ -97,8 +103,9 @@ def train_recipe(
         # Non-reentrant checkpointing: gradients reach LoRA weights behind frozen embeddings.
         model.activation_checkpointing_enable({"use_reentrant": False})
     parts = training_parts(
-        recipe, task, accelerator, model, tokenizer, train_set, periodic_eval_set(recipe, eval_set)
+        recipe, task, accelerator, model, tokenizer, train_set, periodic_eval_set(recipe, selection_set)
     )
+    retained = retain_before(recipe, roots, parts, tokenizer, accelerator)
     trackers = Trackers(
         recipe.train.trackers if run else [], recipe.run_dir, recipe.name, run.created() if run else ""
     )
@@ -108,20 +115,29 @@ def train_recipe(
             resume_trainer(trainer, state)
         trackers.start({**recipe.model_dump(mode="json"), **parameter_counts(trainable, total)})
         try:
-            with frozen_weights_in(model, held_dtype(recipe, precision, accelerator)):
+            spill = recipe.run_dir if recipe.run_dir.is_dir() else None
+            with frozen_weights_in(model, held_dtype(recipe, precision, accelerator), spill):
                 progress = trainer.fit()
             stop.stop_at_once(trainer.finishing_message())
-            final_eval, best_eval = final_metrics(trainer, task, run, eval_set, tokenizer)
+            test_set = None if validation_set is None else eval_set
+            final_eval, best_eval, test_eval, selected = final_metrics(
+                trainer, task, run, selection_set, test_set, tokenizer
+            )
+            retain = retain_after(recipe, retained, selected, tokenizer, accelerator, trainer.progress)
         except BaseException:
             trackers.close()
             raise
         trainer.update_clock()
         summary = {
             **describe_run(recipe, base.config.model_type, trainable, total, len(train_set), len(eval_set)),
+            "validation_examples": None if validation_set is None else len(validation_set),
             **describe_progress(progress, trainer.order.steps_per_epoch),
+            "selection_split": "eval" if validation_set is None else "validation",
             "final_eval": final_eval,
             "best_metric": trainer.metric,
             "best_eval": best_eval,
+            **({} if test_eval is None else {"test_eval": test_eval}),
+            **({} if retain is None else {"retain": retain}),
             **task.summary_facts(),
             **environment_facts(accelerator, precision),
         }
@@ -239,6 +255,7 @@ def prepare_run(recipe: Recipe, task: Task, state: Path | None, overwrite: bool,
     """
     kind, labels = task.kind, task.model_options().get("num_labels", 0)
     train_rows, eval_rows = task.rows()
+    validation_rows = task.validation_rows()
     run = None
     builds_base = state is None and accelerator.is_main_process
     ready = recipe.model.config is None or builds_base
@@ -247,7 +264,9 @@ def prepare_run(recipe: Recipe, task: Task, state: Path | None, overwrite: bool,
         base = build_base_model(recipe, kind, tokenizer, labels)
         check_context(recipe, context_of(base.config))
         method_of(recipe).check(base, recipe, kind)
-        train_set, eval_set = tokenized_sets(task, tokenizer, train_rows, eval_rows)
+        train_set, eval_set, validation_set = tokenized_sets(
+            task, tokenizer, train_rows, eval_rows, validation_rows
+        )
         method_of(recipe).check_steps(
             recipe,
             data_order(recipe, accelerator, train_set).total_steps(
@@ -265,6 +284,9 @@ def prepare_run(recipe: Recipe, task: Task, state: Path | None, overwrite: bool,
         if state is not None:
             run.truncate_metrics(state_step(state))
             run.summary_path.unlink(missing_ok=True)  # written again when the run ends
+            run.example_values_path.unlink(missing_ok=True)
+            for stale in run.path.glob(SPILL_PATTERN):  # left by a killed process
+                stale.unlink(missing_ok=True)
         elif recipe.model.config is not None:
             save_base_model(run, base, tokenizer)
     accelerator.wait_for_everyone()
@@ -272,15 +294,24 @@ def prepare_run(recipe: Recipe, task: Task, state: Path | None, overwrite: bool,
         scratch_base = RunDirectory(recipe.run_dir).base_model_path
         tokenizer = load_tokenizer(str(scratch_base))
         base = load_base_model(recipe, kind, tokenizer, scratch_base, labels)
-        train_set, eval_set = tokenized_sets(task, tokenizer, train_rows, eval_rows)
-    return run, tokenizer, base, train_set, eval_set
+        train_set, eval_set, validation_set = tokenized_sets(
+            task, tokenizer, train_rows, eval_rows, validation_rows
+        )
+    return run, tokenizer, base, train_set, eval_set, validation_set
 
 
-def tokenized_sets(task: Task, tokenizer: PreTrainedTokenizerBase, train_rows, eval_rows):
-    """Train and eval features, rows without a target token dropped (with a count)."""
+def tokenized_sets(
+    task: Task, tokenizer: PreTrainedTokenizerBase, train_rows, eval_rows, validation_rows=None
+):
+    """Train, eval and (if held out) validation features, rows without a target token dropped
+    (with a count)."""
+    validation = None
+    if validation_rows is not None:
+        validation = task.with_targets(task.tokenize(validation_rows, tokenizer), "validation")
     return (
         task.with_targets(task.tokenize(train_rows, tokenizer), "training"),
         task.with_targets(task.tokenize(eval_rows, tokenizer), "evaluation"),
+        validation,
     )
 
 
@@ -314,13 +345,40 @@ def data_order(recipe: Recipe, accelerator: Accelerator, train_set, lengths=None
 def eval_loader_for(recipe: Recipe, task: Task, eval_set, tokenizer) -> DataLoader:
     """Evaluation batches, longest examples first: similar lengths share a batch (less padding);
     the metrics do not depend on the order."""
-    lengths = [len(ids) for ids in eval_set["input_ids"]]
-    by_length = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     return DataLoader(
-        eval_set.select(by_length),
+        eval_set.select(longest_first(eval_set)),
         batch_size=recipe.eval_batch_size,
         collate_fn=lambda features: task.collate(features, tokenizer),
     )
+
+
+SHARED_SPLIT_NOTE = (
+    "note: checkpoints are selected on the eval split and reported on it too, so the reported "
+    "figures are optimistic; data.validation_fraction holds a validation split out of data.train "
+    "and makes the eval split a test set"
+)
+
+
+def longest_first(dataset) -> list[int]:
+    """The order `eval_loader_for` evaluates `dataset` in."""
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
+def example_values_of(model, task: Task, loader: DataLoader, accelerator: Accelerator, dataset) -> dict:
+    """`task.example_values` of `eval_loader_for(dataset)`, put back in the dataset's order
+    (gathered in the loader's order, as `gather_for_metrics` keeps it)."""
+    model.eval()
+    with torch.inference_mode(), accelerator.autocast():
+        in_loader_order = task.example_values(model, loader, accelerator)
+    order = longest_first(dataset)
+    values = {}
+    for name, column in in_loader_order.items():
+        placed = [None] * len(order)
+        for position, index in enumerate(order):
+            placed[index] = column[position]
+        values[name] = placed
+    return values
 
 
 def periodic_eval_set(recipe: Recipe, eval_set):
@@ -382,12 +440,14 @@ def warn_about_slow_precision(precision: str, accelerator: Accelerator) -> None:
 
 
 def final_metrics(
-    trainer: Trainer, task: Task, run: RunDirectory | None, eval_set, tokenizer
-) -> tuple[dict, dict]:
-    """The last model and the best checkpoint, each on the whole eval set (periodic evaluations
-    may use a sample); generation scores and prediction files come from the best checkpoint,
-    as `loraft eval` reproduces them. The best checkpoint is read back only if it is needed and
-    is not the model in memory (a second copy of a full model is a second peak of memory)."""
+    trainer: Trainer, task: Task, run: RunDirectory | None, selection_set, test_set, tokenizer
+) -> tuple[dict, dict, dict | None, torch.nn.Module]:
+    """The last model and the best checkpoint, each on the whole selection set (validation, or
+    eval without one; periodic evaluations may use a sample), and, with a validation split, the
+    selected checkpoint on the test set, once. Generation scores and prediction files come from
+    the selected checkpoint on the reported rows, as `loraft eval` reproduces them. The best
+    checkpoint is read back only if it is needed and is not the model in memory (a second copy
+    of a full model is a second peak of memory). Returns the selected model too."""
     recipe, accelerator, progress = trainer.recipe, trainer.accelerator, trainer.progress
     tick = time.perf_counter()
     final, best = progress.last_eval, dict(progress.best_eval)
@@ -403,18 +463,74 @@ def final_metrics(
             )
         return loaded[0]
 
-    if len(trainer.eval_loader.dataset) < len(eval_set):
-        loader = accelerator.prepare(eval_loader_for(recipe, task, eval_set, tokenizer))
-        final = {"step": progress.step, **evaluate_model(trainer.model, task, loader, accelerator)}
+    def on_whole(dataset) -> DataLoader:
+        return accelerator.prepare(eval_loader_for(recipe, task, dataset, tokenizer))
+
+    # the selected checkpoint (the last where no evaluation chose one) on the reported rows,
+    # each example's values kept for intervals and paired comparisons (`loraft compare`)
+    reported_set = selection_set if test_set is None else test_set
+    selected_last = progress.best_step in (progress.step, None)
+    selected = trainer.model if selected_last else best_model()
+    values = example_values_of(selected, task, on_whole(reported_set), accelerator, reported_set)
+    step = progress.best_step or progress.step
+    scored = {"step": step, **task.metrics(values)}
+    if len(trainer.eval_loader.dataset) < len(selection_set):  # periodic evaluations took a sample
+        if test_set is None and selected_last:
+            final = dict(scored)
+        else:
+            final = {
+                "step": progress.step,
+                **evaluate_model(trainer.model, task, on_whole(selection_set), accelerator),
+            }
         if progress.best_step == progress.step:
             best = dict(final)
         elif progress.best_step is not None:
-            best = {"step": progress.best_step, **evaluate_model(best_model(), task, loader, accelerator)}
+            best = (
+                dict(scored)
+                if test_set is None
+                else {
+                    "step": step,
+                    **evaluate_model(best_model(), task, on_whole(selection_set), accelerator),
+                }
+            )
+    test = None if test_set is None else scored
+    if run is not None and accelerator.is_main_process:
+        run.write_example_values("eval" if test is None else "test", step, values)
+    reported = best if test is None else test
     if progress.best_step is not None and run is not None:
-        best.update(task.final_evaluation(best_model, tokenizer, run.path))
+        reported.update(task.final_evaluation(best_model, tokenizer, run.path))
     progress.eval_s += time.perf_counter() - tick
     accelerator.wait_for_everyone()
-    return final, best
+    return final, best, test, selected
+
+
+def retain_before(
+    recipe: Recipe, roots: list[Path], parts: TrainingParts, tokenizer, accelerator
+) -> tuple | None:
+    """`eval.retain`: its examples and their loss before the first step (a resumed run measures
+    its fresh model too: its trained weights are loaded after this)."""
+    if recipe.eval.retain is None:
+        return None
+    from loraft.retain import read_retain_texts, retain_features, retain_loss
+
+    texts = read_retain_texts(recipe, roots)
+    features = retain_features(texts, tokenizer, recipe.data.max_length)
+    before = retain_loss(parts.model, features, tokenizer, recipe.eval_batch_size, accelerator)
+    accelerator.print(f"retain: {recipe.eval.retain}: loss {before['loss']:.4f} before training")
+    return len(texts), features, before
+
+
+def retain_after(recipe: Recipe, retained: tuple | None, model, tokenizer, accelerator, progress: Progress):
+    """`eval.retain` with the selected checkpoint, against its loss before training."""
+    if retained is None:
+        return None
+    from loraft.retain import retain_loss, retain_summary
+
+    tick = time.perf_counter()
+    count, features, before = retained
+    after = retain_loss(model, features, tokenizer, recipe.eval_batch_size, accelerator)
+    progress.eval_s += time.perf_counter() - tick
+    return retain_summary(recipe.eval.retain, before, after, count)
 
 
 def describe_run(

@@ -47,6 +47,7 @@ class Task(ABC):
         self.recipe = recipe
         self.roots = roots
         self._rows = None
+        self._validation = None
         # `loraft eval` of a recipe with its own eval file reads that file alone, not data.train
         self.evaluation_only = evaluation_only and bool(recipe.data.eval)
 
@@ -88,10 +89,30 @@ class Task(ABC):
     # --- data ---------------------------------------------------------------------------
 
     def rows(self):
-        """`load_rows`, read once: training and generative evaluation share the same rows."""
+        """`load_rows`, read once: training and generative evaluation share the same rows.
+        With `data.validation_fraction`, the eval rows are the test set (see `validation_rows`)."""
         if self._rows is None:
             self._rows = self.load_rows()
         return self._rows
+
+    def validation_rows(self):
+        """The rows checkpoints are selected on, held out of the training rows before
+        `data.train_size` samples them (so every training size shares one validation set);
+        None without `data.validation_fraction` (the eval rows select and report)."""
+        self.rows()
+        return self._validation
+
+    def hold_out_validation(self, train, where: str):
+        """`train` without its validation rows (`data.validation_fraction`, seeded by `data.seed`),
+        which are kept for `validation_rows`."""
+        fraction = self.recipe.data.validation_fraction
+        if fraction is None or self.evaluation_only:  # `loraft eval` scores the eval rows alone
+            return train
+        if len(train) < 2:
+            raise LoraftError(f"{where}: {len(train)} row(s): too few to hold out a validation split")
+        split = train.train_test_split(test_size=fraction, seed=self.recipe.data.seed)
+        self._validation = split["test"]
+        return split["train"]
 
     def model_options(self) -> dict[str, Any]:
         """Extra arguments for building the model (e.g. the number of labels)."""
@@ -117,6 +138,7 @@ class Task(ABC):
             train, evaluation = split["train"], split["test"]
         else:
             evaluation = to_dataset(self.rows_from_table(eval_table), eval_table.where)
+        train = self.hold_out_validation(train, train_table.where)
         return sample_rows(train, data.train_size, data.seed), sample_rows(
             evaluation, data.eval_size, data.seed
         )
@@ -178,8 +200,17 @@ class Task(ABC):
         """The sum (not the mean) of the batch's loss terms, as a float32 scalar."""
 
     @abstractmethod
+    def example_values(self, model: torch.nn.Module, loader, accelerator) -> dict[str, list]:
+        """Per-example values the metrics are computed from (in the loader's order): what
+        bootstrap intervals and paired comparisons resample (`loraft.statistics`)."""
+
+    @abstractmethod
+    def metrics(self, values: dict[str, list]) -> dict:
+        """Metrics named `eval_*` from `example_values`."""
+
     def evaluate(self, model: torch.nn.Module, loader, accelerator) -> dict:
         """Metrics on the eval split, named `eval_*`; runs under inference mode."""
+        return self.metrics(self.example_values(model, loader, accelerator))
 
     def final_evaluation(
         self, model: Callable[[], torch.nn.Module], tokenizer: PreTrainedTokenizerBase, output: Path

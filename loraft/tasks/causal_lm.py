@@ -142,17 +142,26 @@ class CausalLMTask(Task):
     def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         return token_loss_sum(model, batch)
 
-    def evaluate(self, model: torch.nn.Module, loader, accelerator) -> dict:
-        """Token-weighted mean loss over the eval split (not a mean of batch means).
+    def example_values(self, model: torch.nn.Module, loader, accelerator) -> dict[str, list]:
+        """Each example's summed next-token loss and its number of predicted tokens.
 
         Per-example sums go through `gather_for_metrics`, which drops the duplicates a
         distributed sampler adds to even out the last batch; only two numbers per example
         are kept, never logits.
         """
-        loss_sum, tokens = 0.0, 0.0
+        import torch
+
+        sums, counts = [], []
         for batch in loader:
-            sums, counts = accelerator.gather_for_metrics(per_example_token_loss(model, batch))
-            loss_sum, tokens = loss_sum + sums.sum().item(), tokens + counts.sum().item()
+            batch_sums, batch_counts = accelerator.gather_for_metrics(per_example_token_loss(model, batch))
+            sums.append(batch_sums.cpu())
+            counts.append(batch_counts.cpu())
+        empty = [torch.zeros(0, dtype=torch.float64)]
+        return {"loss_sum": torch.cat(sums or empty).tolist(), "tokens": torch.cat(counts or empty).tolist()}
+
+    def metrics(self, values: dict[str, list]) -> dict:
+        """Token-weighted mean loss (not a mean of example means) and its perplexity."""
+        loss_sum, tokens = math.fsum(values["loss_sum"]), math.fsum(values["tokens"])
         mean = loss_sum / max(tokens, 1)
         return {"eval_loss": mean, "eval_perplexity": math.exp(min(mean, 50)), "eval_tokens": int(tokens)}
 
@@ -171,7 +180,8 @@ class TextFileTask(CausalLMTask):
     def load_rows(self, preview: int | None = None):
         datasets = datasets_library()
         train, evaluation = self.texts()
-        return datasets.Dataset.from_dict({"text": train}), datasets.Dataset.from_dict({"text": evaluation})
+        train_set = self.hold_out_validation(datasets.Dataset.from_dict({"text": train}), "data.train")
+        return train_set, datasets.Dataset.from_dict({"text": evaluation})
 
 
 def has_target(labels: list[int]) -> bool:

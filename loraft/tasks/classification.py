@@ -215,27 +215,37 @@ class ClassificationTask(Task):
         logits = logits_of(model, batch).float()
         return F.cross_entropy(logits, batch["labels"], ignore_index=IGNORE_INDEX, reduction="sum")
 
-    def evaluate(self, model: torch.nn.Module, loader, accelerator) -> dict:
-        """Accuracy, macro-F1, mean loss and the confusion matrix over the eval split.
-
-        Only predicted and gold ids are kept (not logits), gathered across processes.
-        """
+    def example_values(self, model: torch.nn.Module, loader, accelerator) -> dict[str, list]:
+        """Each example's gold and predicted label ids and its loss, gathered across processes
+        (only these, never logits)."""
         import torch
         import torch.nn.functional as F
 
-        predicted, gold = [], []
-        loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+        predicted, gold, losses = [], [], []
         for batch in loader:
             logits = logits_of(model, batch).float()
-            losses = F.cross_entropy(logits, batch["labels"], reduction="none")
-            ids, labels, losses = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"], losses))
+            loss = F.cross_entropy(logits, batch["labels"], reduction="none")
+            ids, labels, loss = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"], loss))
             predicted.append(ids.cpu())
             gold.append(labels.cpu())
-            loss_sum += losses.double().sum()
-        empty = [torch.zeros(0, dtype=torch.long)]
-        return classification_metrics(
-            torch.cat(gold or empty), torch.cat(predicted or empty), float(loss_sum), len(self.labels)
+            losses.append(loss.double().cpu())
+        empty = [torch.zeros(0)]
+        return {
+            "gold": torch.cat(gold or empty).long().tolist(),
+            "predicted": torch.cat(predicted or empty).long().tolist(),
+            "loss": torch.cat(losses or empty).tolist(),
+        }
+
+    def metrics(self, values: dict[str, list]) -> dict:
+        """Accuracy, macro-F1, mean loss and the confusion matrix."""
+        import torch
+
+        gold, predicted = (
+            torch.tensor(values["gold"], dtype=torch.long),
+            torch.tensor(values["predicted"], dtype=torch.long),
         )
+        loss_sum = float(torch.tensor(values["loss"], dtype=torch.float64).sum())
+        return classification_metrics(gold, predicted, loss_sum, len(self.labels))
 
     def final_evaluation(
         self, model: Callable[[], torch.nn.Module], tokenizer: PreTrainedTokenizerBase, output: Path
