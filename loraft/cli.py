@@ -35,6 +35,13 @@ DataRoot = Annotated[
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+Margin = Annotated[
+    str | None,
+    typer.Option(
+        help="how far from full fine-tuning still counts as as good: a number in the metric's units, "
+        "or a percentage of full's value (default: 1 point, or 2% for losses)"
+    ),
+]
 TrustRemoteCode = Annotated[
     bool,
     typer.Option(
@@ -278,15 +285,25 @@ def compare(
         str | None, typer.Option(help="the metric compared; default: the runs' eval.metric")
     ] = None,
     image_format: Annotated[str, typer.Option("--format", help="figure format: png, svg or pdf")] = "png",
+    margin: Margin = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Runs side by side, seeds grouped, against full fine-tuning: trainable %, speed, memory, metric."""
-    from loraft.report import compare_runs, format_comparison, table_rows
+    """Runs side by side, seeds grouped, against full fine-tuning: a recommendation, then
+    trainable %, speed, memory and the metric with 95% intervals."""
+    from loraft.report import compare_runs, format_comparison, recommendation, table_rows
 
     comparison = compare_runs(run_dirs, metric)
-    typer.echo(json.dumps(table_rows(comparison), indent=2) if as_json else format_comparison(comparison))
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {"recommendation": recommendation(comparison, margin), "points": table_rows(comparison)},
+                indent=2,
+            )
+        )
+    else:
+        typer.echo(format_comparison(comparison, margin))
     if out is not None:
-        _write_report(comparison, out, image_format)
+        _write_report(comparison, out, image_format, margin)
 
 
 @app.command()
@@ -296,12 +313,20 @@ def sweep(
     grid: Annotated[
         list[str] | None, typer.Option("--grid", help="KEY=V1,V2,... (repeatable: the cartesian grid)")
     ] = None,
+    tune: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tune",
+            help="KEY=V1,V2,...: each point at each value (one seed); --seeds runs at its best on validation",
+        ),
+    ] = None,
     seeds: Annotated[int, typer.Option(min=1, help="runs a point, train.seed = the recipe's + 0..N-1")] = 1,
     out: Annotated[Path | None, typer.Option(help="folder of the runs; default: runs/sweep-<recipe>")] = None,
     metric: Annotated[
         str | None, typer.Option(help="the metric compared; default: the runs' eval.metric")
     ] = None,
     image_format: Annotated[str, typer.Option("--format", help="figure format: png, svg or pdf")] = "png",
+    margin: Margin = None,
     data_root: DataRoot = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="list the points with their plan; run nothing")
@@ -311,12 +336,17 @@ def sweep(
 ) -> None:
     """Run a grid of overrides (x seeds), one process a run; skip finished points on a rerun; compare."""
     from loraft.run_dir import default_run_dir
-    from loraft.sweep import parse_grid, plan_points, run_sweep, sweep_points
+    from loraft.sweep import parse_grid, plan_points, run_sweep, run_tuned_sweep, sweep_points
 
     folder = out or default_run_dir(f"sweep-{recipe.stem}")
     if dry_run:
         _quiet_libraries()
-        points, notes = sweep_points(recipe, overrides or [], parse_grid(grid or []), seeds)
+        tuned = parse_grid(tune or [])
+        points, notes = sweep_points(
+            recipe, overrides or [], parse_grid(grid or []) + tuned, 1 if tuned else seeds
+        )
+        if tuned:
+            notes.append(f"tuning runs, one seed each; then {seeds} seed(s) at each point's best value")
         for note in notes:
             typer.echo(f"note: {note}")
         for row in plan_points(recipe, points):
@@ -328,14 +358,24 @@ def sweep(
     from loraft.recipe_files import CodeGrants
 
     grants = CodeGrants(trust_remote_code, allow_local_metric_code)
-    points = run_sweep(
-        recipe, overrides or [], parse_grid(grid or []), seeds, folder, data_root, grants=grants
-    )
-    from loraft.report import compare_runs, format_comparison
+    tuned = []
+    if tune:
+        points, tuned = run_tuned_sweep(
+            recipe, overrides or [], parse_grid(grid or []), parse_grid(tune), seeds, folder, data_root,
+            grants=grants, metric=metric,
+        )  # fmt: skip
+    else:
+        points = run_sweep(
+            recipe, overrides or [], parse_grid(grid or []), seeds, folder, data_root, grants=grants
+        )
+    from loraft.report import compare_runs, format_comparison, write_tuning
 
     comparison = compare_runs([folder / point.name for point in points], metric)
-    typer.echo(format_comparison(comparison))
-    _write_report(comparison, folder, image_format)
+    typer.echo(format_comparison(comparison, margin))
+    _write_report(comparison, folder, image_format, margin)
+    if tuned:
+        for path in write_tuning(tuned, folder, image_format):
+            typer.echo(f"wrote {path}")
     failed = [point.name for point in points if point.status == "failed"]
     if failed:
         raise LoraftError(
@@ -343,11 +383,11 @@ def sweep(
         )
 
 
-def _write_report(comparison, out: Path, image_format: str) -> None:
+def _write_report(comparison, out: Path, image_format: str, margin: str | None) -> None:
     from loraft.plots import write_plots
     from loraft.report import write_tables
 
-    written = [*write_tables(comparison, out), *write_plots(comparison, out, image_format)]
+    written = [*write_tables(comparison, out, margin), *write_plots(comparison, out, image_format)]
     typer.echo("wrote " + ", ".join(str(path) for path in written))
 
 
@@ -393,10 +433,16 @@ def summary_lines(summary: dict) -> str:
         f"{summary['eval_s']:.1f}s, saving {summary['save_s']:.1f}s, start-up and the rest {other:.1f}s): "
         f"{summary['steps']} steps, {summary['train_tokens_per_s']:,.0f} tokens/s, "
         f"peak memory {summary['peak_memory_mb']:,.0f} MB\n"
-        f"final eval: {_scalars(summary['final_eval'])}\n"
-        f"best checkpoint: {_scalars(summary['best_eval'])}\n"
-        f"run directory: {summary['run_dir']}"
+        f"final eval ({_selection(summary)}): {_scalars(summary['final_eval'])}\n"
+        f"best checkpoint ({_selection(summary)}): {_scalars(summary['best_eval'])}\n"
+        + (f"test (best checkpoint): {_scalars(summary['test_eval'])}\n" if "test_eval" in summary else "")
+        + f"run directory: {summary['run_dir']}"
     )
+
+
+def _selection(summary: dict) -> str:
+    """The split the run selected its checkpoints on."""
+    return f"{summary.get('selection_split', 'eval')} split"
 
 
 def metric_lines(metrics: dict) -> str:

@@ -95,9 +95,22 @@ def run_sweep(
 ) -> list[SweepPoint]:
     """Run (or skip, resume, restart) every point into `out/<name>`; sweep.json says how each went."""
     points, notes = sweep_points(recipe_path, overrides, grid, seeds)
-    launch = launch or launch_process
     for note in notes:
         report(f"note: {note}")
+    return run_points(recipe_path, points, out, data_root, launch, report, grants)
+
+
+def run_points(
+    recipe_path: Path,
+    points: list[SweepPoint],
+    out: Path,
+    data_root: Path | None = None,
+    launch: Launch | None = None,
+    report: Callable[[str], None] = print,
+    grants: CodeGrants = NO_GRANTS,
+) -> list[SweepPoint]:
+    """`run_sweep`'s loop over points already made."""
+    launch = launch or launch_process
     out.mkdir(parents=True, exist_ok=True)
     lock = hold_sweep_lock(out)  # noqa: F841 - held open for the whole sweep
     for index, point in enumerate(points, start=1):
@@ -127,6 +140,115 @@ def run_sweep(
         write_atomically(out / "sweep.json", json.dumps([asdict(p) for p in points], indent=2) + "\n")
     write_atomically(out / "sweep.json", json.dumps([asdict(p) for p in points], indent=2) + "\n")
     return points
+
+
+@dataclass
+class TunedPoint:
+    """A grid point's tuning: each tried value's validation metric, and the chosen one."""
+
+    combination: str  # the grid values, as overrides ("" for a grid of one point)
+    keys: list[str]  # the tuned keys
+    tried: list[list[str]]  # the values tried, one list (a value per key) a run
+    scores: list[float | None]  # each tried run's best validation metric (None: it failed)
+    chosen: list[str] | None
+    metric: str
+
+    def describe(self) -> str:
+        return " ".join(f"{key}={value}" for key, value in zip(self.keys, self.chosen or [], strict=False))
+
+
+def run_tuned_sweep(
+    recipe_path: Path,
+    overrides: list[str],
+    grid: list[tuple[str, list[str]]],
+    tune: list[tuple[str, list[str]]],
+    seeds: int,
+    out: Path,
+    data_root: Path | None = None,
+    launch: Launch | None = None,
+    report: Callable[[str], None] = print,
+    grants: CodeGrants = NO_GRANTS,
+    metric: str | None = None,
+) -> tuple[list[SweepPoint], list[TunedPoint]]:
+    """Every grid point at every tuned value, one run each (the recipe's seed); per point the
+    value whose best checkpoint scores best on the validation split; then `seeds` runs at
+    that value, the first being its tuning run (the same run: skipped as finished). Returns the
+    final points (what is compared) and the tuning of each point."""
+    check_tunable(recipe_path, overrides, grid, tune)
+    groups: list[tuple[str, list[SweepPoint]]] = []  # a grid combination -> its tuning runs
+    tuning: dict[str, SweepPoint] = {}
+    for values in itertools.product(*(choices for _, choices in grid)):
+        combination = [(key, [value]) for (key, _), value in zip(grid, values, strict=True)]
+        points, _ = sweep_points(recipe_path, overrides, combination + tune, 1)
+        if any(points == other for _, other in groups):  # the same runs (lora.r with method=full)
+            continue
+        groups.append((" ".join(f"{key}={value[0]}" for key, value in combination), points))
+        tuning.update((point.name, point) for point in points)
+    report(f"tuning {' and '.join(key for key, _ in tune)}: {len(tuning)} runs, one seed each")
+    run_points(recipe_path, list(tuning.values()), out, data_root, launch, report, grants)
+    tuned = [choose_value(combination, points, tune, out, metric) for combination, points in groups]
+    final: dict[str, SweepPoint] = {}
+    for (combination, _), choice in zip(groups, tuned, strict=True):
+        if choice.chosen is None:
+            report(f"{combination or recipe_path.stem}: every tuning run failed; left out")
+            continue
+        report(
+            f"{combination or recipe_path.stem}: {choice.describe()} (the best validation {choice.metric})"
+        )
+        chosen = [(key, [value]) for key, value in zip(choice.keys, choice.chosen, strict=True)]
+        fixed = [(key, [value]) for key, value in (part.split("=", 1) for part in combination.split())]
+        points, _ = sweep_points(recipe_path, overrides, fixed + chosen, seeds)
+        final.update((point.name, point) for point in points)
+    points = run_points(recipe_path, list(final.values()), out, data_root, launch, report, grants)
+    write_atomically(out / "tuning.json", json.dumps([asdict(choice) for choice in tuned], indent=2) + "\n")
+    return points, tuned
+
+
+def check_tunable(
+    recipe_path: Path,
+    overrides: list[str],
+    grid: list[tuple[str, list[str]]],
+    tune: list[tuple[str, list[str]]],
+) -> None:
+    """Tuning picks on the validation split, and a tuned key is not also a grid key."""
+    shared = set(_keys(grid)) & set(_keys(tune))
+    if shared:
+        raise LoraftError(f"--tune {sorted(shared)[0]}: also a --grid key; tune it or grid it, not both")
+    recipe = load_recipe(recipe_path, overrides)
+    if recipe.data.validation_fraction is None:
+        raise LoraftError(
+            "--tune: needs data.validation_fraction (a validation split held out of data.train): tuned on "
+            "the eval split, the reported figures would be the ones the values were picked on"
+        )
+
+
+def choose_value(
+    combination: str,
+    points: list[SweepPoint],
+    tune: list[tuple[str, list[str]]],
+    out: Path,
+    metric: str | None,
+) -> TunedPoint:
+    """The tried values whose run's best validation metric is best (lowest for a loss)."""
+    keys = _keys(tune)
+    tried, scores, name = [], [], metric
+    for point in points:
+        given = dict(o.split("=", 1) for o in point.overrides)
+        tried.append([given[key] for key in keys])
+        run = RunDirectory(out / point.name)
+        summary = run.read_summary() if run.is_finished() else {}
+        name = name or summary.get("best_metric")
+        value = summary.get("best_eval", {}).get(name or "eval_loss")
+        scores.append(value if isinstance(value, int | float) else None)
+    name = name or "eval_loss"
+    scored = [index for index, score in enumerate(scores) if score is not None]
+    sign = 1 if name.endswith(("loss", "perplexity")) else -1
+    best = min(scored, key=lambda index: sign * scores[index]) if scored else None
+    return TunedPoint(combination, keys, tried, scores, None if best is None else tried[best], name)
+
+
+def _keys(axes: list[tuple[str, list[str]]]) -> list[str]:
+    return [key for key, _ in axes]
 
 
 def plan_points(recipe_path: Path, points: list[SweepPoint]) -> list[dict]:

@@ -155,8 +155,41 @@ def test_runs_that_cannot_be_compared_are_named_and_left_out(
     assert [point.label for point in comparison.points] == ["lora r=1 attention"]
     reasons = "\n".join(comparison.left_out)
     assert f"{unfinished.path}: unfinished (no summary.json)" in reasons
-    assert f"{other_task}: another task or evaluation set" in reasons
+    assert f"{other_task}: the task or its evaluation split differs from the other runs'" in reasons
     assert f"{tmp_path / 'nothing'}: not a loraft run" in reasons
+
+
+def test_runs_on_another_base_model_are_left_out(
+    sweep: tuple[Path, list], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The same setting on another base (here: the same files, one weight changed) is not a
+    seed of the point, and full fine-tuning on one base is no baseline for the other."""
+    out, _ = sweep
+    other_base = tmp_path / "other-base"
+    shutil.copytree(tiny_model_dir, other_base)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(other_base / "model.safetensors")
+    first = sorted(weights)[0]
+    weights[first] = weights[first] + 1
+    save_file(weights, other_base / "model.safetensors", metadata={"format": "pt"})
+    elsewhere = tmp_path / "elsewhere"
+    arguments = ["train", str(RECIPES / "joker.yaml"), *quick(tiny_model_dir), "lora.r=1"]
+    arguments[arguments.index(f"model.name={tiny_model_dir}")] = f"model.name={other_base}"
+    assert in_process([*arguments, f"output_dir={elsewhere}", "train.seed=42"])[0] == 0
+    runs = [out / "joker_lora_r-1_seed-42", out / "joker_full_seed-42", elsewhere]
+    comparison = compare_runs(runs)
+    assert [len(point.runs) for point in comparison.points] == [1, 1]
+    (reason,) = comparison.left_out
+    assert reason.startswith(
+        f"{elsewhere}: the base model differs from the other runs' ({other_base}, weights "
+    )
+    moved = tmp_path / "moved"  # the same weights in another folder are the same base
+    shutil.copytree(tiny_model_dir, moved)
+    arguments[arguments.index(f"model.name={other_base}")] = f"model.name={moved}"
+    assert in_process([*arguments, f"output_dir={tmp_path / 'renamed'}", "train.seed=7"])[0] == 0
+    together = compare_runs([*runs[:2], tmp_path / "renamed"])
+    assert together.left_out == [] and len(together.points) == 3  # model.name is part of what a point is
 
 
 def test_points_that_share_a_label_are_told_apart_and_one_run_shows_no_spread(
@@ -257,6 +290,7 @@ def test_a_killed_sweep_takes_its_child_with_it(tmp_path: Path) -> None:
     pytest.fail("the child outlived the sweep")
 
 
+@pytest.mark.matrix  # 5 s of six runs: in .ci/run, not the README command
 def test_a_sweep_over_methods_draws_one_frontier_line_per_method(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -320,3 +354,24 @@ def test_the_issues_method_sweep_lists_its_points_with_their_counts(loraft) -> N
         "68,352",
         "124,443,648",
     ]
+
+
+def test_a_training_size_grid_draws_learning_curves(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`--grid data.train_size=...`: one learning curve a method (metric against training
+    examples), and no frontier line joins two training sizes."""
+    from loraft.plots import learning_curves
+
+    grid = parse_grid(["method=lora,full", "data.train_size=20,40"])
+    points = run_sweep(
+        RECIPES / "joker.yaml", quick(tiny_model_dir), grid, 1, tmp_path, launch=in_process, report=print
+    )
+    comparison = compare_runs([tmp_path / point.name for point in points])
+    assert sorted(point.line for point in comparison.points if point.line) == [
+        "lora attention, 20 examples",
+        "lora attention, 40 examples",
+    ]
+    axis = learning_curves(comparison).axes[0]
+    drawn = {bars.get_label(): list(bars.lines[0].get_xdata()) for bars in axis.containers}
+    assert drawn == {"full": [20, 40], "lora r=4 attention": [20, 40]}
+    assert axis.get_xlabel() == "training examples (log scale)"
+    assert "learning.png" in [path.name for path in write_plots(comparison, tmp_path / "figures")]
