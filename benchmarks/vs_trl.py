@@ -601,13 +601,14 @@ def format_report(report: dict) -> str:
     """One line a run; `x ref`: loraft's tokens/s over the first other tool's run of its group;
     `share`: of the ceiling in the row's precision; `fp32`: of the fp32 ceiling; `bound`: the
     products bound's share of the ceiling (what a step doing nothing but its products reaches);
-    `kernels`: the kernels bound's (the products plus the least other work a step needs)."""
+    `kernels`: the kernels bound's (the products plus the least other work a step needs);
+    `of k.`: loraft's tokens/s over the kernels bound's, the issue's yardstick."""
     lines = [
         f"CPU {report['cpu_capability']}, {report['threads']} threads; peak: the row's fp32 or bf16 "
         "matmul GFLOP/s, measured around its run; ceiling: peak / FLOPs a token",
         "",
         f"{'setup':<36}{'tokens/s':>9}{'x ref':>7}{'peak MB':>9}{'peak':>6}{'ceiling':>9}{'share':>7}"
-        f"{'fp32':>6}{'bound':>7}{'kernels':>9}",
+        f"{'fp32':>6}{'bound':>7}{'kernels':>9}{'of k.':>7}",
     ]
     reference: dict[str, float] = {}
     for row in report["results"]:
@@ -621,10 +622,11 @@ def format_report(report: dict) -> str:
             f"{row[name] / row['ceiling']:.0%}" if row.get(name) else "-"
             for name in ("products_bound", "kernels_bound")
         )
+        of_kernels = f"{row['tokens_per_s'] / row['kernels_bound']:.0%}" if row.get("kernels_bound") else "-"
         lines.append(
             f"{row['group'] + ': ' + row['setup']:<36}{row['tokens_per_s']:>9.1f}{ratio:>7}{memory:>9}"
             f"{row['peak_gflops']:>6.0f}{row['ceiling']:>9.0f}{row['tokens_per_s'] / row['ceiling']:>7.0%}"
-            f"{row['tokens_per_s'] / row['fp32_ceiling']:>6.0%}{bound:>7}{kernels:>9}"
+            f"{row['tokens_per_s'] / row['fp32_ceiling']:>6.0%}{bound:>7}{kernels:>9}{of_kernels:>7}"
         )
     return "\n".join(lines)
 

@@ -8,6 +8,7 @@ and reported as mean and standard deviation. Runs that cannot be compared with t
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 import textwrap
 from dataclasses import dataclass, field
@@ -309,7 +310,7 @@ def margin_of(comparison: Comparison, margin: str | None) -> tuple[float, str]:
         value = float(text.removesuffix("%"))
     except ValueError:
         raise LoraftError(f"--margin: expected a number or a percentage such as 2%, got '{margin}'") from None
-    if value < 0:
+    if not math.isfinite(value) or value < 0:
         raise LoraftError(f"--margin: expected a margin of 0 or more, got '{margin}'")
     if text.endswith("%"):
         return (
@@ -331,6 +332,8 @@ def recommendation(comparison: Comparison, margin: str | None = None) -> str:
         )
     tolerance, wording = margin_of(comparison, margin)
     sign = 1 if comparison.greater_is_better else -1
+    if all(point.baseline for point in comparison.points):
+        return "recommendation: none: only full fine-tuning among these, nothing to recommend instead"
     candidates = [point for point in comparison.points if point.versus_full is not None]
     if not candidates:
         return "recommendation: none: no point has per-example values paired with full fine-tuning's"

@@ -214,7 +214,12 @@ def check_tunable(
     shared = set(_keys(grid)) & set(_keys(tune))
     if shared:
         raise LoraftError(f"--tune {sorted(shared)[0]}: also a --grid key; tune it or grid it, not both")
-    recipe = load_recipe(recipe_path, overrides)
+    for key, values in tune:
+        for value in values:
+            try:
+                recipe = load_recipe(recipe_path, [*overrides, f"{key}={value}"])
+            except LoraftError as error:
+                raise LoraftError(f"--tune {key}={value}: {error}") from None
     if recipe.data.validation_fraction is None:
         raise LoraftError(
             "--tune: needs data.validation_fraction (a validation split held out of data.train): tuned on "

@@ -192,5 +192,31 @@ def test_tune_keeps_the_validation_best_value_and_runs_its_seeds(
     without = [*overrides, "data.validation_fraction=null"]
     with pytest.raises(LoraftError, match="--tune: needs data.validation_fraction"):
         run_tuned_sweep(recipe, without, [], tune, 1, tmp_path / "refused", launch=in_process)
+    with pytest.raises(LoraftError, match="--tune train.lrr=1: "):
+        run_tuned_sweep(
+            recipe, overrides, [], parse_grid(["train.lrr=1"]), 1, tmp_path / "refused", launch=in_process
+        )
     with pytest.raises(LoraftError, match="--tune train.lr: also a --grid key"):
         run_tuned_sweep(recipe, overrides, tune, tune, 1, tmp_path / "refused", launch=in_process)
+
+
+@pytest.mark.matrix  # three runs, each in its own process: in .ci/run, not the README command
+def test_the_sweep_command_tunes_and_writes_the_tuning_report(
+    tiny_model_dir: Path, tmp_path: Path, loraft
+) -> None:
+    test_file = write_sst(tmp_path / "test.tsv", 60, seed=2)
+    train = write_sst(tmp_path / "train.tsv", 240, seed=1)
+    out = tmp_path / "sweep"
+    code, stdout, stderr = loraft(
+        "sweep", REPO / "recipes" / "sst-lora.yaml",
+        f"model.name={tiny_model_dir}", f"data.train={train}", f"data.eval={test_file}", "data.predict=null",
+        "data.max_length=16", "method=full", "train.max_steps=4", "train.eval_every=2",
+        "train.precision=fp32", "eval.periodic_size=null", "--tune", "train.lr=1e-5,3e-3", "--seeds", "2",
+        "--out", out,
+    )  # fmt: skip
+    assert code == 0, stderr[-2000:]
+    assert "recommendation: none: only full fine-tuning among these" in stdout
+    tuning = (out / "tuning.md").read_text()
+    assert tuning.count("**yes**") == 1 and "train.lr=1e-5" in tuning and "train.lr=3e-3" in tuning
+    assert (out / "tuning.png").read_bytes()[:4] == b"\x89PNG"
+    assert "figures: the test split" in (out / "comparison.md").read_text()

@@ -134,8 +134,9 @@ def test_the_recommendation_is_the_cheapest_point_within_the_margin() -> None:
     assert recommendation(comparison, "0.2").startswith("recommendation: r1:")
     with pytest.raises(LoraftError, match="--margin: expected a number or a percentage"):
         recommendation(comparison, "a lot")
-    with pytest.raises(LoraftError, match="--margin: expected a margin of 0 or more"):
-        recommendation(comparison, "-1")
+    for bad in ("-1", "nan", "inf%"):
+        with pytest.raises(LoraftError, match="--margin: expected a margin of 0 or more"):
+            recommendation(comparison, bad)
 
 
 def test_the_recommendation_says_none_and_by_how_much() -> None:
