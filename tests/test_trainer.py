@@ -297,7 +297,7 @@ def test_frozen_weights_held_in_bf16_change_no_number(
     def spy(trainer: Trainer, number: int):
         base = trainer.accelerator.unwrap_model(trainer.model).base_model.model
         dtypes.update({base.transformer.h[0].attn.c_attn.base_layer.weight.dtype, base.lm_head.weight.dtype})
-        spilled.append([path.name for path in trainer.recipe.run_dir.glob("frozen-fp32-*.pt")])
+        spilled.append([path.name for path in trainer.recipe.run_dir.glob("frozen-fp32-*.bin")])
         return step(trainer, number)
 
     overrides = ("train.precision=bf16", "train.max_steps=3", "train.eval_every=2", "train.log_every=1")
@@ -305,7 +305,7 @@ def test_frozen_weights_held_in_bf16_change_no_number(
     held = train_recipe(joker_recipe(tiny_model_dir, tmp_path / "held", *overrides))
     assert dtypes == {torch.bfloat16, torch.float32}  # Conv1D held in bf16; the tied head is not
     # the fp32 values waited in the run folder, not in memory, and the file is gone
-    assert spilled == [[f"frozen-fp32-{os.getpid()}.pt"]] * 3
+    assert spilled == [[f"frozen-fp32-{os.getpid()}.bin"]] * 3
     assert not list((tmp_path / "held").glob("frozen-fp32-*"))
     original = GPT2LMHeadModel.from_pretrained(tiny_model_dir).state_dict()
     for name, value in held.model.base_model.model.state_dict().items():
@@ -322,19 +322,12 @@ def test_frozen_weights_stay_in_memory_when_the_disk_cannot_take_them(
     """A full disk costs memory, not the run; a killed run's leftover file goes on resume."""
     from loraft.models import loading
 
-    save = torch.save
-
-    def full_disk(value, path, *args, **kwargs):
-        if Path(path).name.startswith("frozen-fp32-"):
-            raise OSError(28, "No space left on device")
-        return save(value, path, *args, **kwargs)
-
     overrides = ("train.precision=bf16", "train.max_steps=2", "train.save_every=1", "train.log_every=1")
-    with monkeypatch.context() as patch:
-        patch.setattr(loading.torch, "save", full_disk)
+    with monkeypatch.context() as patch:  # a folder that is not there refuses the file as a full disk would
+        patch.setattr(loading, "SPILL_PATTERN", "not-there/frozen-fp32-*.bin")
         held = train_recipe(joker_recipe(tiny_model_dir, tmp_path / "run", *overrides))
     assert (
-        "cannot hold the frozen fp32 weights on disk (No space left on device); kept in memory"
+        "cannot hold the frozen fp32 weights on disk (No such file or directory); kept in memory"
         in capsys.readouterr().out
     )
     original = GPT2LMHeadModel.from_pretrained(tiny_model_dir).state_dict()
@@ -344,7 +337,7 @@ def test_frozen_weights_stay_in_memory_when_the_disk_cannot_take_them(
         original["transformer.h.0.attn.c_attn.weight"],
     )
     assert not list((tmp_path / "run").glob("frozen-fp32-*"))
-    (tmp_path / "run" / "frozen-fp32-99999.pt").write_bytes(b"left by kill -9")
+    (tmp_path / "run" / "frozen-fp32-99999.bin").write_bytes(b"left by kill -9")
     (tmp_path / "run" / "summary.json").unlink()
     train_recipe(
         joker_recipe(tiny_model_dir, tmp_path / "run", *overrides, "train.max_steps=3", "train.resume=auto")
