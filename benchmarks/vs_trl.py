@@ -134,9 +134,10 @@ def main() -> None:
                 tokens = EVAL_TOKENS if flops == 2 else STEP_TOKENS
                 bounds = {"products_bound": None, "kernels_bound": None}
                 if workload != "b" and name == "loraft":
-                    bounds = {
-                        "products_bound": products_bound(family, flops, tokens, dtypes[precision]),
-                        "kernels_bound": kernels_bound(family, flops, tokens, dtypes[precision]),
+                    products = products_seconds(family, flops, tokens, dtypes[precision])
+                    bounds = {  # one timing of the products for both: the kernels bound adds to it
+                        "products_bound": tokens / products,
+                        "kernels_bound": kernels_bound(family, flops, tokens, dtypes[precision], products),
                     }
                 results.append(
                     {"group": group, "setup": name, **figures, "precision": precision, "family": family}
@@ -193,15 +194,7 @@ def ceiling(peak_gflops: float, flops_per_token: int, n_params: int) -> float:
     return peak_gflops * 1e9 / (flops_per_token * n_params)
 
 
-def products_bound(family: str, flops_per_token: int, tokens: int, dtype) -> float:
-    """Tokens/s of a step that did nothing but the family's matrix products at their real
-    shapes for `tokens` tokens: every weight's forward product, its input gradient (LoRA, full)
-    and its weight gradient (full), each timed here (best of 5). No implementation that runs
-    these products through the same BLAS goes faster, however little else it does."""
-    return tokens / products_seconds(family, flops_per_token, tokens, dtype)
-
-
-def kernels_bound(family: str, flops_per_token: int, tokens: int, dtype) -> float:
+def kernels_bound(family: str, flops_per_token: int, tokens: int, dtype, products: float) -> float:
     """Tokens/s of a step that ran the products and, besides them, only the other work every
     step of the family needs, each through PyTorch's fastest CPU kernel for it, timed here at
     its real shapes: causal attention on each example of 60 tokens (SDPA; GPT-2's with its
@@ -218,7 +211,7 @@ def kernels_bound(family: str, flops_per_token: int, tokens: int, dtype) -> floa
     training = flops_per_token > 2
     shape = SHAPES[family]
     width, layers, heads, kv_heads = shape["width"], shape["layers"], shape["heads"], shape["kv_heads"]
-    seconds = products_seconds(family, flops_per_token, tokens, dtype)
+    seconds = products  # `products_seconds`: every product's forward and gradients, timed here
     dropout = shape["attention_dropout"] * training
     seconds += layers * (tokens // 60) * attention_seconds(60, heads, kv_heads, dropout, training, dtype)
     activation = "gelu" if family == "gpt2" else "silu_gate"
@@ -235,7 +228,10 @@ def kernels_bound(family: str, flops_per_token: int, tokens: int, dtype) -> floa
 
 
 def products_seconds(family: str, flops_per_token: int, tokens: int, dtype) -> float:
-    """The time of `products_bound`'s products, each the best of 5."""
+    """The products bound's step: the family's matrix products at their real shapes for `tokens`
+    tokens (every weight's forward product, its input gradient for LoRA and full, its weight
+    gradient for full), each the best of 5 timings. No implementation that runs these products
+    through the same BLAS goes faster, however little else it does."""
     import torch
 
     width, layers = SHAPES[family]["width"], SHAPES[family]["layers"]
