@@ -52,7 +52,8 @@ def sparse_tied_embedding(model: torch.nn.Module) -> None:
     touch (`nn.Embedding(sparse=True)`), not as a zero-filled (vocabulary x width) tensor: a
     tied weight's two gradients are summed before they reach it, and the output layer's is
     dense, so the weight's gradient is dense and the same all the same. Filling 50,257 x 768
-    zeros took 9% of a bf16 full fine-tuning step of GPT-2 small (CPU, fresh memory each step)."""
+    zeros took 9% of a bf16 full fine-tuning step of GPT-2 small (CPU, fresh memory each step).
+    One process only: DDP's reducer refuses a parameter whose gradient is sparse."""
     embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
     if type(embedding) is torch.nn.Embedding and head is not None and embedding.weight is head.weight:
         embedding.sparse = True

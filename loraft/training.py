@@ -27,6 +27,7 @@ from loraft.checks import check_context, check_recipe, context_of
 from loraft.data import data_roots
 from loraft.errors import LoraftError
 from loraft.fingerprint import changes, fingerprint, read_fingerprint
+from loraft.lm_loss import sparse_tied_embedding
 from loraft.methods import apply_method, method_of
 from loraft.models.loading import (
     SPILL_PATTERN,
@@ -95,6 +96,8 @@ def train_recipe(
         record_inputs(run, recipe, roots, data_root, changed, state_step(state) if state else 0)
     for line in [*method_of(recipe).describe(base, recipe), *task.fit_to_model(base)]:
         accelerator.print(line)
+    if accelerator.num_processes == 1:  # DDP's reducer refuses a gradient that is sparse
+        sparse_tied_embedding(base)
     model = apply_method(base, recipe, task.kind)
     trainable, total = count_parameters(model)
     accelerator.print(describe_parameters(trainable, total))

@@ -181,6 +181,7 @@ def test_a_tied_embeddings_sparse_gradient_gives_the_dense_one(tiny_model_dir: P
     examples, _ = features(tiny_model_dir, 6)
     batch = pack_examples(examples)
     model = tiny_model(tiny_model_dir)
+    lm_loss.sparse_tied_embedding(model)
     assert model.transformer.wte.sparse and model.transformer.wte.weight is model.lm_head.weight
     loss, grads = model_loss_and_gradients(model, batch)
     model.transformer.wte.sparse = False
@@ -193,4 +194,14 @@ def test_a_tied_embeddings_sparse_gradient_gives_the_dense_one(tiny_model_dir: P
     model_loss_and_gradients(model, batch)
     torch.optim.AdamW(model.parameters(), fused=True).step()
     untied = with_fast_kernels(GPT2LMHeadModel.from_pretrained(tiny_model_dir, tie_word_embeddings=False))
+    lm_loss.sparse_tied_embedding(untied)
     assert not untied.transformer.wte.sparse  # its gradient would be sparse: fused AdamW refuses those
+
+
+def test_one_process_training_makes_the_tied_embedding_sparse(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from conftest import joker_recipe
+
+    from loraft.training import train_recipe
+
+    recipe = joker_recipe(tiny_model_dir, tmp_path / "run", "method=full", "train.max_steps=2")
+    assert train_recipe(recipe).model.get_input_embeddings().sparse

@@ -219,4 +219,4 @@ def test_the_sweep_command_tunes_and_writes_the_tuning_report(
     tuning = (out / "tuning.md").read_text()
     assert tuning.count("**yes**") == 1 and "train.lr=1e-5" in tuning and "train.lr=3e-3" in tuning
     assert (out / "tuning.png").read_bytes()[:4] == b"\x89PNG"
-    assert "figures: the test split" in (out / "comparison.md").read_text()
+    assert "Figures: the test split" in (out / "comparison.md").read_text()

@@ -115,12 +115,10 @@ def with_fast_kernels(model: PreTrainedModel) -> PreTrainedModel:
     """The model with loraft's kernels, the same functions computed faster: the family's own
     (GPT-2's one-kernel GELU) and SDPA attention that also runs padding-free packed rows (see
     `loraft.packing`; the implementation is not saved with the config), and an output layer
-    that skips the empty product of the chunked loss (`loraft.lm_loss.OutputLayer`), and a
-    tied input embedding whose gradient is sparse (`loraft.lm_loss.sparse_tied_embedding`)."""
-    from loraft.lm_loss import skip_empty_products, sparse_tied_embedding
+    that skips the empty product of the chunked loss (`loraft.lm_loss.OutputLayer`)."""
+    from loraft.lm_loss import skip_empty_products
 
     skip_empty_products(model)
-    sparse_tied_embedding(model)
     architecture = architecture_of(model)
     if architecture is not None and architecture.fast_kernels is not None:
         architecture.fast_kernels(model)
