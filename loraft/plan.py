@@ -47,7 +47,7 @@ def plan_recipe(recipe: Recipe) -> dict:
         described = method_of(recipe).describe(base, recipe)
         model = apply_method(base, recipe, kind)
     trainable, total = count_parameters(model)
-    quantized = quantized_params(base) if recipe.model.quantize else 0
+    quantized = linear_params(base) if recipe.model.quantize else 0  # NF4: all but the output layer
     head = loss_head(model, kind)
     family = architecture_for(config.model_type)
     return {
@@ -77,7 +77,8 @@ def with_runtime(memory: dict) -> dict:
 
 
 def linear_params(model: torch.nn.Module) -> int:
-    """The weights of the matrix products below the output layer."""
+    """The weights of the matrix products below the output layer (what `model.quantize: 4bit`
+    stores in NF4; transformers keeps the output layer in full precision)."""
     from loraft.models.targets import linear_types
 
     output = model.get_output_embeddings()
@@ -86,12 +87,6 @@ def linear_params(model: torch.nn.Module) -> int:
         for module in model.modules()
         if isinstance(module, linear_types()) and module is not output
     )
-
-
-def quantized_params(model: torch.nn.Module) -> int:
-    """The weights `model.quantize: 4bit` stores in NF4: every matrix product's but the output
-    layer's (transformers keeps it in full precision)."""
-    return linear_params(model)
 
 
 def loss_head(model: torch.nn.Module, kind: str) -> torch.Tensor | None:

@@ -202,7 +202,7 @@ def majority_share(comparison: Comparison) -> float | None:
     of always guessing it."""
     if comparison.metric != "eval_accuracy":
         return None
-    values = next((p.example_values() for p in comparison.points if p.example_values()), None)
+    values = next((found for p in comparison.points if (found := p.example_values())), None)
     if not values:
         return None
     gold = values[0]["gold"].astype(int)

@@ -19,8 +19,6 @@ from loraft.data import require_data_file
 from loraft.errors import LoraftError
 from loraft.recipe import Recipe
 
-MIN_TEXTS = 1
-
 
 def read_retain_texts(recipe: Recipe, roots: list[Path]) -> list[str]:
     """The retain file's texts, or a one-line error naming it."""
@@ -29,7 +27,7 @@ def read_retain_texts(recipe: Recipe, roots: list[Path]) -> list[str]:
         texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as error:
         raise LoraftError(f"eval.retain: cannot read {path} as UTF-8 text ({type(error).__name__})") from None
-    if len(texts) < MIN_TEXTS:
+    if not texts:
         raise LoraftError(f"eval.retain: {path} holds no text (expected a text a line)")
     return texts
 
