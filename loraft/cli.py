@@ -277,7 +277,9 @@ def export(
 
 @app.command()
 def compare(
-    run_dirs: Annotated[list[Path], typer.Argument(help="run directories")],
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="run directories, or sweep folders (their compared runs)")
+    ],
     out: Annotated[
         Path | None, typer.Option(help="write comparison.md, comparison.csv and figures here")
     ] = None,
@@ -291,8 +293,9 @@ def compare(
     """Runs side by side, seeds grouped, against full fine-tuning: a recommendation, then
     trainable %, speed, memory and the metric with 95% intervals."""
     from loraft.report import compare_runs, format_comparison, recommendation, table_rows
+    from loraft.sweep import swept_runs
 
-    comparison = compare_runs(run_dirs, metric)
+    comparison = compare_runs(swept_runs(run_dirs), metric)
     if as_json:
         typer.echo(
             json.dumps(

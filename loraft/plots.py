@@ -109,6 +109,11 @@ def forgetting(comparison: Comparison):
     return figure
 
 
+# A learning-curve line joins one method's training sizes, each at its own learning rate (tuned
+# per size by `loraft sweep --tune`: a small set wants another rate than a large one).
+ACROSS_SIZES = ("data.train_size", "train.lr")
+
+
 def learning_curves(comparison: Comparison):
     """The metric against training examples (log axis), one line a setting: how each method's
     score grows with data (the capacity question of the LoRA literature)."""
@@ -117,7 +122,7 @@ def learning_curves(comparison: Comparison):
     figure, axis = plt.subplots(figsize=(7, 4.5))
     lines: dict[str, list] = {}
     for point in comparison.points:
-        setting = repr(sorted((k, repr(v)) for k, v in point.settings.items() if k != "data.train_size"))
+        setting = repr(sorted((k, repr(v)) for k, v in point.settings.items() if k not in ACROSS_SIZES))
         lines.setdefault(setting, []).append(point)
     for index, points in enumerate(lines.values()):
         points = sorted(points, key=lambda p: p.mean("train_examples") or 0)

@@ -86,8 +86,10 @@ class Comparison:
 
     @property
     def full(self) -> Point | None:
-        """The full fine-tuning point the others are measured against, if there is one."""
-        return next((point for point in self.points if point.baseline), None)
+        """The full fine-tuning point the others are measured against, if there is one: on a
+        learning-curve grid, the one trained on the most examples."""
+        baselines = [point for point in self.points if point.baseline]
+        return max(baselines, key=lambda p: math.inf if p.train_size is None else p.train_size, default=None)
 
     def ratio(self, point: Point, key: str) -> float | None:
         full = self.full

@@ -36,6 +36,27 @@ class SweepPoint:
     message: str = ""
 
 
+def swept_runs(paths: list[Path]) -> list[Path]:
+    """Each sweep folder among `paths` (one holding sweep.json, not itself a run) as the runs its
+    sweep compares (a tuned sweep's: the chosen values' runs, not every tried one), so that
+    several sweeps' folders compare as one; other paths as given."""
+    runs = []
+    for path in paths:
+        record = path / "sweep.json"
+        if RunDirectory(path).is_run() or not record.is_file():
+            runs.append(path)
+            continue
+        try:
+            names = [point["name"] for point in json.loads(record.read_text(encoding="utf-8"))]
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as error:
+            raise LoraftError(f"{record}: not a sweep record (a list of named points): {error}") from None
+        for name in names:
+            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+                raise LoraftError(f"{record}: point name {name!r} is not a folder name inside the sweep")
+            runs.append(path / name)
+    return runs
+
+
 def parse_grid(specs: list[str]) -> list[tuple[str, list[str]]]:
     """`["lora.r=1,2,4"]` -> `[("lora.r", ["1", "2", "4"])]`; commas inside [ ] stay in a value."""
     grid = []

@@ -1,21 +1,70 @@
 #!/usr/bin/env bash
-# The LoRA-vs-full study end to end (README, "LoRA against full fine-tuning"): the base model,
-# then for sonnets and SST-5, LoRA at ranks 1, 4 and 32 on two sets of target modules and full
-# fine-tuning, 3 seeds each, and the comparison: 42 fine-tuning runs. About an hour on a quiet
-# 2-core CPU (RANKS=1,2,4,8,16,32 adds the ranks between, for twice the time); rerunning it
-# skips what is done and resumes what was interrupted.
+# The LoRA-vs-full study end to end (README, "What LoRA bought, measured"): the corpus; two
+# bases (GPT-2 and Llama, recipes/study-base*.yaml); then on each base, for SST-5 and sonnets,
+# every method with its learning rate tuned on the validation split (3 values, one seed each)
+# and 3 seeds at the chosen value; learning curves on SST; the comparisons into studies/.
+# The two bases' work runs side by side, one thread each (PARALLEL=0: one after the other, all
+# threads). Rerunning it skips what is done and resumes what was interrupted.
 #   bash studies/lora-vs-full/run.sh [--data-root DIR]       (default: ../shared/data)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=${2:-../shared/data}
-python studies/lora-vs-full/corpus.py --data-root "$ROOT"
-[ -f runs/study-base/summary.json ] || loraft train recipes/study-base.yaml train.resume=auto
-GRID=(--grid "lora.r=${RANKS:-1,4,32}" --grid "lora.target_modules=[c_attn],[c_attn,c_proj,c_fc]" --seeds 3)
-for task in sst sonnets; do
-  loraft sweep recipes/study-$task.yaml "${GRID[@]}" --out runs/study-$task --data-root "$ROOT"
-  loraft sweep recipes/study-$task.yaml method=full train.lr=5e-4 --seeds 3 --out runs/study-$task --data-root "$ROOT"
+STUDY=studies/lora-vs-full
+LOGS=runs/study/logs
+mkdir -p "$LOGS"
+python $STUDY/corpus.py --data-root "$ROOT"
+
+declare -A RECIPE=([gpt2]=study-base [llama]=study-base-llama)  # a base's recipe and run folder
+
+sweep() {  # sweep TASK BASE FAMILY [overrides and flags]: one method's tuned sweep
+  local task=$1 base=$2 family=$3
+  shift 3
+  loraft sweep recipes/study-$task.yaml model.name=runs/${RECIPE[$base]}/checkpoints/best "$@" \
+    --out runs/study/$base-$task/$family --data-root "$ROOT"
+}
+
+methods() {  # methods TASK BASE: every method of the study, each at its own tuned learning rate
+  local task=$1 base=$2 all=lora.target_modules=[all-linear]
+  sweep "$task" "$base" full method=full --tune train.lr=1e-4,3e-4,1e-3 --seeds 3
+  sweep "$task" "$base" lora --grid lora.r=1,4,16 --grid "lora.target_modules=[attention],[all-linear]" \
+    --tune train.lr=1e-3,3e-3,1e-2 --seeds 3
+  sweep "$task" "$base" rslora lora.r=16 $all lora.use_rslora=true --tune train.lr=3e-4,1e-3,3e-3 --seeds 3
+  sweep "$task" "$base" dora lora.r=4 $all lora.use_dora=true --tune train.lr=1e-3,3e-3,1e-2 --seeds 3
+  sweep "$task" "$base" pissa lora.r=4 $all lora.init=pissa --tune train.lr=1e-4,3e-4,1e-3 --seeds 3
+  sweep "$task" "$base" loraplus lora.r=4 $all lora.plus_lr_ratio=16 --tune train.lr=3e-4,1e-3,3e-3 --seeds 3
+  sweep "$task" "$base" ia3 method=ia3 --tune train.lr=3e-3,1e-2,3e-2 --seeds 3
+  sweep "$task" "$base" vera method=vera --tune train.lr=1e-2,3e-2,1e-1 --seeds 3
+}
+
+stream() {  # stream BASE: the base model, then everything fine-tuned from it
+  local base=$1
+  [ -f runs/${RECIPE[$base]}/summary.json ] || loraft train recipes/${RECIPE[$base]}.yaml train.resume=auto
+  methods sst "$base"
+  methods sonnets "$base"
+  sweep sst "$base" learning-full method=full --grid data.train_size=500,1000 \
+    --tune train.lr=1e-4,3e-4,1e-3 --seeds 1
+  sweep sst "$base" learning-lora lora.r=4 lora.target_modules=[all-linear] --grid data.train_size=500,1000 \
+    --tune train.lr=1e-3,3e-3,1e-2 --seeds 1
+}
+
+if [ "${PARALLEL:-1}" = 1 ]; then
+  OMP_NUM_THREADS=1 stream gpt2 > $LOGS/gpt2.log 2>&1 &
+  OMP_NUM_THREADS=1 stream llama > $LOGS/llama.log 2>&1 &
+  wait -n && wait -n || { echo "a stream failed: see $LOGS"; exit 1; }
+else
+  stream gpt2 && stream llama
+fi
+
+METHODS="full lora rslora dora pissa loraplus ia3 vera"
+for base in gpt2 llama; do
+  sst=runs/study/$base-sst sonnets=runs/study/$base-sonnets
+  compare() { loraft compare $(for m in $METHODS; do echo "$1/$m"; done) "${@:2}"; }  # each sweep's chosen runs
+  compare "$sst" --metric eval_accuracy --out $STUDY/$base-sst
+  compare "$sst" --metric eval_macro_f1 --out $STUDY/$base-sst-f1
+  compare "$sonnets" --metric eval_loss --out $STUDY/$base-sonnets-loss
+  compare "$sonnets" --metric gen_chrf --out $STUDY/$base-sonnets
+  loraft compare "$sst"/{full,lora,learning-full,learning-lora} --metric eval_accuracy --out $STUDY/$base-sst-learning
+  for task in sst sonnets; do
+    (for m in $METHODS; do cat "runs/study/$base-$task/$m/tuning.md"; done) > $STUDY/$base-$task-tuning.md
+  done
 done
-loraft compare runs/study-sonnets/study-* --metric gen_chrf --out studies/lora-vs-full/sonnets
-loraft compare runs/study-sst/study-* --metric eval_accuracy --out studies/lora-vs-full/sst
-loraft compare runs/study-sonnets/study-* --metric eval_loss --out studies/lora-vs-full/sonnets-loss
-loraft compare runs/study-sst/study-* --metric eval_macro_f1 --out studies/lora-vs-full/sst-f1
