@@ -153,7 +153,8 @@ def test_bf16_head_weight_is_cast_once_while_it_is_unchanged(tiny_model_dir: Pat
     assert type(model.lm_head) is lm_loss.OutputLayer
     if method == "lora":
         model = get_peft_model(model, LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True))
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    # fused AdamW, as training uses: it updates weights without bumping their version counter
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01, fused=True)
     head = lm_loss.fused_head_weight(model)
     casts, losses, fresh = HeadCasts(head.shape), [], []
     for _ in range(2):  # optimizer steps of 2 micro-batches each
