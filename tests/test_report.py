@@ -20,7 +20,7 @@ from loraft.errors import LoraftError
 from loraft.plots import frontier, write_plots
 from loraft.report import compare_runs, format_comparison, table_rows, write_tables
 from loraft.run_dir import RunDirectory
-from loraft.sweep import parse_grid, run_sweep, sweep_points
+from loraft.sweep import parse_grid, run_sweep, sweep_points, swept_runs
 
 GRID = parse_grid(["method=lora,full", "lora.r=1,2"])
 
@@ -361,17 +361,34 @@ def test_a_training_size_grid_draws_learning_curves(tiny_model_dir: Path, tmp_pa
     examples), and no frontier line joins two training sizes."""
     from loraft.plots import learning_curves
 
-    grid = parse_grid(["method=lora,full", "data.train_size=20,40"])
-    points = run_sweep(
-        RECIPES / "joker.yaml", quick(tiny_model_dir), grid, 1, tmp_path, launch=in_process, report=print
-    )
+    points = []
+    for size, lr in (("20", "1e-2"), ("40", "3e-3")):  # each size at its own rate, as --tune picks
+        grid = parse_grid(["method=lora,full", f"data.train_size={size}"])
+        overrides = [*quick(tiny_model_dir), f"train.lr={lr}"]
+        points += run_sweep(
+            RECIPES / "joker.yaml", overrides, grid, 1, tmp_path, launch=in_process, report=print
+        )
     comparison = compare_runs([tmp_path / point.name for point in points])
+    assert comparison.full.train_size == 40  # measured against full fine-tuning on the most examples
     assert sorted(point.line for point in comparison.points if point.line) == [
         "lora attention, 20 examples",
         "lora attention, 40 examples",
     ]
     axis = learning_curves(comparison).axes[0]
     drawn = {bars.get_label(): list(bars.lines[0].get_xdata()) for bars in axis.containers}
-    assert drawn == {"full": [20, 40], "lora r=4 attention": [20, 40]}
+    assert drawn == {"full": [20, 40], "lora r=4 attention": [20, 40]}  # one line across the rates
     assert axis.get_xlabel() == "training examples (log scale)"
     assert "learning.png" in [path.name for path in write_plots(comparison, tmp_path / "figures")]
+
+
+def test_a_sweep_folder_stands_for_its_runs_and_a_bad_record_is_one_line(sweep, tmp_path: Path) -> None:
+    """`loraft compare SWEEP_DIR` compares the runs its sweep.json names; a run folder is itself;
+    a record that is not a list of plain folder names is refused, naming the file."""
+    out, points = sweep
+    assert swept_runs([out, out / points[0].name]) == [*(out / p.name for p in points), out / points[0].name]
+    record = tmp_path / "sweep.json"
+    bad = {"{": "not a sweep record", '[{"name": "../up"}]': "point name '../up' is not a folder name"}
+    for text, why in bad.items():
+        record.write_text(text)
+        with pytest.raises(LoraftError, match=f"{record}: {why}"):
+            swept_runs([tmp_path])

@@ -155,7 +155,7 @@ def test_tune_keeps_the_validation_best_value_and_runs_its_seeds(
     from test_report import in_process
 
     from loraft.errors import LoraftError
-    from loraft.sweep import parse_grid, run_tuned_sweep
+    from loraft.sweep import parse_grid, run_tuned_sweep, swept_runs
 
     test_file = write_sst(tmp_path / "test.tsv", 60, seed=2)
     train = write_sst(tmp_path / "train.tsv", 240, seed=1)
@@ -187,6 +187,7 @@ def test_tune_keeps_the_validation_best_value_and_runs_its_seeds(
     assert all(f"train.lr={choice.chosen[0]}" in point.overrides for point in points)
     comparison = compare_runs([out / point.name for point in points])
     assert [len(point.runs) for point in comparison.points] == [2]
+    assert swept_runs([out]) == [out / point.name for point in points]  # not the other value's run
     assert json.loads((out / "tuning.json").read_text())[0]["chosen"] == choice.chosen
     assert any("train.lr=" in line and "the best validation eval_loss" in line for line in lines)
     without = [*overrides, "data.validation_fraction=null"]
