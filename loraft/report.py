@@ -144,8 +144,11 @@ def compare_runs(run_dirs: list[str | Path], metric: str | None = None) -> Compa
                 method_label=method.label(recipe),
             )
         points[key].runs.append(row)
-        record = run.read_example_values()
-        points[key].examples.append(record["values"] if record else None)
+        if metric == "gen_chrf":  # scored on the generations, not on the loss's examples
+            points[key].examples.append(run.read_generation_values())
+        else:
+            record = run.read_example_values()
+            points[key].examples.append(record["values"] if record else None)
     ordered = sorted(
         points.values(),
         key=lambda p: (p.line is not None, p.line or "", p.runs[0]["rank"] or 0),

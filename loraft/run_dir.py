@@ -327,6 +327,24 @@ class RunDirectory:
             return None
         return record
 
+    def read_generation_values(self) -> dict[str, list] | None:
+        """Each scored generation's chrF counts (`chrf_statistics`), from what `generations.jsonl`
+        says was scored; None where a row lacks its hypothesis (older runs) or the file is not
+        what the run writes."""
+        from loraft.text_metrics import chrf_statistics
+
+        try:
+            lines = (self.path / GENERATIONS_FILE).read_text(encoding="utf-8").splitlines()
+            rows = [json.loads(line) for line in lines if line.strip()]
+        except (OSError, ValueError):
+            return None
+        pairs = [(row.get("hypothesis"), row.get("reference")) for row in rows if isinstance(row, dict)]
+        texts = [text for pair in pairs for text in pair]
+        if not pairs or len(pairs) != len(rows) or not all(isinstance(text, str) for text in texts):
+            return None
+        hypotheses, references = zip(*pairs, strict=True)
+        return {"chrf_stats": chrf_statistics(list(hypotheses), list(references))}
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_atomically(self.summary_path, json.dumps(summary, indent=2) + "\n")
 

@@ -6,7 +6,8 @@ A point's runs (its seeds) are scored on the same examples, whose values each ru
 every point (which pairs the comparisons), and each point's seeds with replacement, and
 computes the metric as the task does from the resampled values: a mean (accuracy, a
 classifier's loss), summed losses over summed tokens (a language model's loss), macro-F1 from
-the resampled confusion counts. Percentile intervals over 2,000 draws, seeded.
+the resampled confusion counts, corpus chrF from the resampled n-gram counts. Percentile
+intervals over 2,000 draws, seeded.
 
 Written with numpy: `scipy.stats.bootstrap` resamples one level (examples) and draws anew for
 every call, where this needs examples and seeds resampled together and one example draw
@@ -23,7 +24,7 @@ from loraft.errors import LoraftError
 
 DRAWS = 2000
 LEVEL = 0.95
-METRICS = ("eval_accuracy", "eval_macro_f1", "eval_loss", "eval_perplexity")
+METRICS = ("eval_accuracy", "eval_macro_f1", "eval_loss", "eval_perplexity", "gen_chrf")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,11 @@ def weighted_metric(values: dict[str, np.ndarray], metric: str, weights: np.ndar
     if "loss_sum" in values and metric in ("eval_loss", "eval_perplexity"):  # token-weighted
         loss = weights @ values["loss_sum"] / np.maximum(weights @ values["tokens"], 1)
         return loss if metric == "eval_loss" else np.exp(np.minimum(loss, 50))
+    if "chrf_stats" in values and metric == "gen_chrf":  # corpus chrF of each resampled corpus
+        from loraft.text_metrics import chrf_of_statistics
+
+        totals = weights @ values["chrf_stats"]
+        return np.array([chrf_of_statistics(row.round().astype(int).tolist()) for row in totals])
     if "gold" in values:
         gold, predicted, counts = values["gold"], values["predicted"], weights.sum(axis=1)
         if metric == "eval_accuracy":

@@ -21,6 +21,18 @@ def chrf(hypotheses: list[str], references: list[str]) -> float:
     return CHRF().corpus_score(hypotheses, [references]).score
 
 
+def chrf_statistics(hypotheses: list[str], references: list[str]) -> list[list[int]]:
+    """Each hypothesis's chrF counts (character and word n-gram matches and totals), whose sum
+    over any multiset of examples gives that corpus's chrF: what a bootstrap resamples."""
+    # sacrebleu's paired bootstrap (sacrebleu.significance) resamples these same counts
+    return CHRF()._extract_corpus_statistics(hypotheses, [references])
+
+
+def chrf_of_statistics(totals: list[int]) -> float:
+    """Corpus chrF from summed `chrf_statistics`."""
+    return CHRF()._compute_score_from_stats(list(totals)).score
+
+
 def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
     """Corpus BLEU with sacrebleu's defaults (13a tokenization, exponential smoothing)."""
     return BLEU().corpus_score(hypotheses, [references]).score

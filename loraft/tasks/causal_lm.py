@@ -74,9 +74,9 @@ class CausalLMTask(Task):
         hypotheses = [self.hypothesis(c, text) for c, text in zip(cases, continuations, strict=True)]
         references = [case.reference for case in cases]
         with (output / GENERATIONS_FILE).open("w", encoding="utf-8") as stream:
-            for case, continuation in zip(cases, continuations, strict=True):
+            for case, continuation, hypothesis in zip(cases, continuations, hypotheses, strict=True):
                 record = {"prompt": case.prompt, "continuation": continuation, "reference": case.reference}
-                stream.write(json.dumps(record) + "\n")
+                stream.write(json.dumps({**record, "hypothesis": hypothesis}) + "\n")  # what was scored
         return score_generations(hypotheses, references, self.recipe.eval.metrics)
 
     def __init__(self, recipe, roots, evaluation_only: bool = False) -> None:
