@@ -81,7 +81,39 @@ def test_weighted_metrics_equal_the_tasks_own_on_a_resample() -> None:
     expected = lm["loss_sum"][repeated].sum() / lm["tokens"][repeated].sum()
     assert statistics.weighted_metric(lm, "eval_loss", row)[0] == pytest.approx(expected)
     with pytest.raises(LoraftError, match="--metric: gen_chrf has no interval"):
-        statistics.weighted_metric(lm, "gen_chrf", row)
+        statistics.weighted_metric(lm, "gen_chrf", row)  # a loss's values hold no chrF counts
+
+
+def test_resampled_chrf_is_sacrebleus_corpus_chrf_of_the_resampled_texts() -> None:
+    """chrF is a corpus score, not a mean: a resample's value is sacrebleu's chrF of the texts
+    repeated as the resample repeats them, and the estimate is the run's own gen_chrf."""
+    from loraft.text_metrics import chrf, chrf_statistics
+
+    rng = np.random.default_rng(9)
+    words = [
+        "shall",
+        "i",
+        "compare",
+        "thee",
+        "to",
+        "a",
+        "summer",
+        "day",
+        "thou",
+        "art",
+        "more",
+        "lovely",
+        "and",
+        "temperate",
+    ]
+    references = [" ".join(rng.choice(words, 12)) for _ in range(15)]
+    hypotheses = [" ".join(rng.choice(words, rng.integers(3, 14))) for _ in range(15)]
+    values = statistics.as_arrays({"chrf_stats": chrf_statistics(hypotheses, references)})
+    assert statistics.estimate([values], "gen_chrf") == pytest.approx(chrf(hypotheses, references))
+    for row in statistics.example_weights(15, 3, seed=2):
+        repeated = np.repeat(np.arange(15), row.astype(int))
+        expected = chrf([hypotheses[i] for i in repeated], [references[i] for i in repeated])
+        assert statistics.weighted_metric(values, "gen_chrf", row[None])[0] == pytest.approx(expected)
 
 
 # --- the recommendation on constructed runs ---------------------------------------------
@@ -186,3 +218,24 @@ def test_compare_says_when_resources_come_from_other_machines_or_a_busy_one() ->
         for run in point.runs:
             run["machine"] = quiet
     assert "machines" not in format_comparison(comparison) and "busy" not in format_comparison(comparison)
+
+
+def test_a_runs_chrf_counts_come_from_what_it_scored(tmp_path) -> None:
+    """`generations.jsonl`'s hypotheses and references give the counts; a file from before the
+    hypothesis was recorded, or a malformed one, gives none (no interval, no guess)."""
+    import json
+
+    from loraft.run_dir import RunDirectory
+    from loraft.text_metrics import chrf_statistics
+
+    rows = [
+        {"prompt": "p", "continuation": "c", "reference": f"ref {i}", "hypothesis": f"hyp {i}"}
+        for i in range(3)
+    ]
+    path = tmp_path / "generations.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    expected = chrf_statistics([row["hypothesis"] for row in rows], [row["reference"] for row in rows])
+    assert RunDirectory(tmp_path).read_generation_values() == {"chrf_stats": expected}
+    for text in ("".join(json.dumps({**row, "hypothesis": None}) + "\n" for row in rows), "{not json\n", ""):
+        path.write_text(text)
+        assert RunDirectory(tmp_path).read_generation_values() is None
