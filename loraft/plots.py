@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -254,7 +255,7 @@ def resources(comparison: Comparison):
     figure, (memory, speed) = plt.subplots(1, 2, figsize=(10, 4.5))
     labels = [point.label for point in comparison.points]
     colors = [
-        "black" if point.line is None else f"C{index % 10}" for index, point in enumerate(comparison.points)
+        "black" if point.baseline else f"C{index % 10}" for index, point in enumerate(comparison.points)
     ]
     for axis, key in ((memory, "peak_memory_mb"), (speed, "train_tokens_per_s")):
         axis.barh(
@@ -268,7 +269,7 @@ def resources(comparison: Comparison):
     memory.set(xlabel="peak memory (MB)", title="Peak memory")
     speed.set(xlabel="training tokens per second (non-padding)", title="Training throughput")
     speed.set_yticklabels([])
-    figure.suptitle("Resources per setting (mean ± sd over seeds; black: not LoRA)")
+    figure.suptitle("Resources per setting (mean ± sd over seeds; black: full fine-tuning)")
     return figure
 
 
@@ -313,8 +314,12 @@ def tuning_figure(tuned: list, path: Path) -> Path | None:
 
 
 def _save(figure, path: Path) -> Path:
+    """Titles wrapped to their axes' width (a long one was cut off at the figure's edges)."""
     import matplotlib.pyplot as plt
 
+    for axis in figure.axes:
+        width = round(axis.get_position().width * figure.get_figwidth() * 9.5)  # characters that fit
+        axis.set_title("\n".join(textwrap.wrap(axis.get_title(), max(width, 20))))
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
