@@ -318,7 +318,7 @@ def _save(figure, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     for axis in figure.axes:
-        width = round(axis.get_position().width * figure.get_figwidth() * 9.5)  # characters that fit
+        width = round(axis.get_position().width * figure.get_figwidth() * 11)  # characters that fit
         axis.set_title("\n".join(textwrap.wrap(axis.get_title(), max(width, 20))))
     figure.tight_layout()
     figure.savefig(path, dpi=100)

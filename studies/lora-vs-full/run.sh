@@ -4,7 +4,8 @@
 # every method with its learning rate tuned on the validation split (3 values, one seed each)
 # and 3 seeds at the chosen value; learning curves on SST; the comparisons into studies/.
 # The two bases' work runs side by side, one thread each (PARALLEL=0: one after the other, all
-# threads). Rerunning it skips what is done and resumes what was interrupted.
+# threads). Rerunning it skips what is done and resumes what was interrupted. The README tables
+# are studies/lora-vs-full/tables.md (tables.py); each point's tuning is in *-tuning.md.
 #   bash studies/lora-vs-full/run.sh [--data-root DIR]       (default: ../shared/data)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -65,6 +66,9 @@ for base in gpt2 llama; do
   compare "$sonnets" --metric gen_chrf --out $STUDY/$base-sonnets
   loraft compare "$sst"/{full,lora,learning-full,learning-lora} --metric eval_accuracy --out $STUDY/$base-sst-learning
   for task in sst sonnets; do
-    (for m in $METHODS; do cat "runs/study/$base-$task/$m/tuning.md"; done) > $STUDY/$base-$task-tuning.md
+    for m in $METHODS; do printf '\n### %s\n\n' "$m"; cat "runs/study/$base-$task/$m/tuning.md"; done \
+      > $STUDY/$base-$task-tuning.md
   done
 done
+python $STUDY/tables.py > $STUDY/tables.md
+echo "the study took $((SECONDS / 60)) minutes"
