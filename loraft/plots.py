@@ -34,6 +34,22 @@ def metric_label(comparison: Comparison) -> str:
     return f"{split} {name} ({loss_unit(comparison)})" if name == "loss" else f"{split} {name}"
 
 
+BASELINE_STYLE = {"color": "black", "marker": "*"}  # full fine-tuning's point
+
+
+def series_style(index: int, count: int) -> dict:
+    """Colour and marker of the index-th of count series, no two alike up to twenty: the ten
+    default colours, then their light shades (tab20) with square markers (`C{i}` repeats after ten, so
+    a 13-point study drew DoRA and rsLoRA in one orange)."""
+    if count <= 10:
+        return {"color": f"C{index}", "marker": "o"}
+    import matplotlib
+
+    shades = matplotlib.colormaps["tab20"].colors
+    colors = shades[0::2] + shades[1::2]
+    return {"color": colors[index % 20], "marker": "o" if index % 20 < 10 else "s"}
+
+
 def error_bars(comparison: Comparison, points: list) -> tuple[list[float], list[float]]:
     """Below and above each point's mean: its 95% interval where every point has one, else the
     standard deviation over seeds (none for one run)."""
@@ -87,15 +103,15 @@ def forgetting(comparison: Comparison):
         if change is None:
             continue
         below, above = error_bars(comparison, [point])
+        style = BASELINE_STYLE if point.baseline else series_style(index, len(comparison.points))
         axis.errorbar(
             [change],
             [point.mean(comparison.metric)],
             xerr=[[point.std("retain_loss_change")], [point.std("retain_loss_change")]],
             yerr=[below, above],
-            marker="*" if point.baseline else "o",
             markersize=12 if point.baseline else 6,
             capsize=3,
-            color="black" if point.baseline else f"C{index % 10}",
+            **style,
             linestyle="none",
             label=point.label,
         )
@@ -127,13 +143,13 @@ def learning_curves(comparison: Comparison):
         lines.setdefault(setting, []).append(point)
     for index, points in enumerate(lines.values()):
         points = sorted(points, key=lambda p: p.mean("train_examples") or 0)
+        style = BASELINE_STYLE if points[0].baseline else series_style(index, len(lines))
         axis.errorbar(
             [p.mean("train_examples") for p in points],
             [p.mean(comparison.metric) for p in points],
             yerr=error_bars(comparison, points),
-            marker="*" if points[0].baseline else "o",
             capsize=3,
-            color="black" if points[0].baseline else f"C{index % 10}",
+            **style,
             label=points[0].method_label,
         )
     return metric_against(figure, axis, comparison, "training examples")
@@ -145,16 +161,16 @@ def frontier(comparison: Comparison):
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     lined = [point for point in comparison.points if point.line is not None]
-    for index, line in enumerate(sorted({point.line for point in lined})):
+    names = sorted({point.line for point in lined})
+    for index, line in enumerate(names):
         chosen = sorted((p for p in lined if p.line == line), key=lambda p: p.mean("trainable_params"))
         xs = [p.mean("trainable_params") for p in chosen]
         axis.errorbar(
             xs,
             [p.mean(comparison.metric) for p in chosen],
             yerr=error_bars(comparison, chosen),
-            marker="o",
             capsize=3,
-            color=f"C{index}",
+            **series_style(index, len(names)),
             label=line,
         )
         for x, point in zip(xs, chosen, strict=True):
@@ -230,7 +246,7 @@ def curves(comparison: Comparison):
             axis.plot(
                 [r["step"] for r in evals],
                 [r["eval_loss"] for r in evals],
-                color=f"C{index % 10}",
+                color=series_style(index, len(comparison.points))["color"],
                 alpha=0.8,
                 linewidth=1,
                 marker=".",  # a run evaluated once is still a point
@@ -255,7 +271,8 @@ def resources(comparison: Comparison):
     figure, (memory, speed) = plt.subplots(1, 2, figsize=(10, 4.5))
     labels = [point.label for point in comparison.points]
     colors = [
-        "black" if point.baseline else f"C{index % 10}" for index, point in enumerate(comparison.points)
+        "black" if point.baseline else series_style(index, len(comparison.points))["color"]
+        for index, point in enumerate(comparison.points)
     ]
     for axis, key in ((memory, "peak_memory_mb"), (speed, "train_tokens_per_s")):
         axis.barh(
@@ -292,15 +309,11 @@ def tuning_figure(tuned: list, path: Path) -> Path | None:
         pairs = sorted((x, score) for x, score in zip(xs, choice.scores, strict=True) if score is not None)
         if not pairs:
             continue
-        axis.plot(
-            *zip(*pairs, strict=True),
-            marker="o",
-            color=f"C{index % 10}",
-            label=choice.combination or "recipe",
-        )
+        style = series_style(index, len(tuned))
+        axis.plot(*zip(*pairs, strict=True), **style, label=choice.combination or "recipe")
         if choice.chosen is not None:
             best = float(choice.chosen[0])
-            axis.plot([best], [dict(pairs)[best]], marker="*", markersize=14, color=f"C{index % 10}")
+            axis.plot([best], [dict(pairs)[best]], marker="*", markersize=14, color=style["color"])
     flat = [x for xs in numbers for x in xs]
     if min(flat) > 0 and max(flat) / min(flat) > 10:
         axis.set_xscale("log")

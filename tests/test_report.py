@@ -17,7 +17,7 @@ from conftest import RECIPES
 
 from loraft.cli import run as run_cli
 from loraft.errors import LoraftError
-from loraft.plots import frontier, write_plots
+from loraft.plots import frontier, series_style, write_plots
 from loraft.report import compare_runs, format_comparison, table_rows, write_tables
 from loraft.run_dir import RunDirectory
 from loraft.sweep import parse_grid, run_sweep, sweep_points, swept_runs
@@ -392,3 +392,12 @@ def test_a_sweep_folder_stands_for_its_runs_and_a_bad_record_is_one_line(sweep, 
         record.write_text(text)
         with pytest.raises(LoraftError, match=f"{record}: {why}"):
             swept_runs([tmp_path])
+
+
+@pytest.mark.parametrize("count", [5, 13, 20])
+def test_no_two_series_share_a_colour_and_marker(count: int) -> None:
+    styles = {
+        (str(style["color"]), style["marker"]) for style in map(series_style, range(count), [count] * count)
+    }
+    assert len(styles) == count
+    assert all(style[0] != "black" for style in styles)  # black is full fine-tuning's

@@ -2,7 +2,7 @@
 
 Every English text in the data folder except the downstream validation and test sets: each
 task's training rows as its recipe splits them (tiny Shakespeare without mini-gpt-scratch's
-eval part; AG News, MRPC and Quora without their eval splits; SST and CFIMDB training sentences
+eval part; AG News and MRPC without their eval splits; SST and CFIMDB training sentences
 without their validation rows), read through the tasks themselves so that the split is the one
 training uses. Left out entirely: the sonnets (the sonnet task trains on them, and its
 validation sonnets come from them), the 30-row Quora samples and every dev and test file.
