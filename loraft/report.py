@@ -583,7 +583,8 @@ def write_tuning(tuned: list, out: Path, image_format: str = "png") -> list[Path
     for choice in tuned:
         for values, score in zip(choice.tried, choice.scores, strict=True):
             setting = " ".join(f"{key}={value}" for key, value in zip(choice.keys, values, strict=True))
-            mark = "**yes**" if values == choice.chosen else ""
+            edge = "; ".join(choice.edges())
+            mark = ("**yes**" + (f" ({edge})" if edge else "")) if values == choice.chosen else ""
             shown = "failed" if score is None else f"{score:.4f}"
             lines.append(
                 f"| {choice.combination or 'the recipe'} | {setting} | {shown} ({choice.metric}) | {mark} |"

@@ -177,6 +177,20 @@ class TunedPoint:
     def describe(self) -> str:
         return " ".join(f"{key}={value}" for key, value in zip(self.keys, self.chosen or [], strict=False))
 
+    def edges(self) -> list[str]:
+        """Where the chosen value is the lowest or highest of three or more numbers tried, as
+        "the highest train.lr": the best may lie beyond the grid."""
+        found = []
+        for index, key in enumerate(self.keys):
+            try:
+                tried = sorted({float(values[index]) for values in self.tried})
+                chosen = float(self.chosen[index]) if self.chosen else None
+            except ValueError:
+                continue
+            if len(tried) >= 3 and chosen in (tried[0], tried[-1]):
+                found.append(f"the {'lowest' if chosen == tried[0] else 'highest'} {key} tried")
+        return found
+
 
 def run_tuned_sweep(
     recipe_path: Path,
@@ -213,8 +227,10 @@ def run_tuned_sweep(
         if choice.chosen is None:
             report(f"{combination or recipe_path.stem}: every tuning run failed; left out")
             continue
+        edge = "; ".join(choice.edges())
         report(
-            f"{combination or recipe_path.stem}: {choice.describe()} (the best validation {choice.metric})"
+            f"{combination or recipe_path.stem}: {choice.describe()} (the best validation {choice.metric}"
+            + (f"; {edge}: the best may lie beyond, widen the grid)" if edge else ")")
         )
         chosen = [(key, [value]) for key, value in zip(choice.keys, choice.chosen, strict=True)]
         fixed = [(key, [value]) for key, value in (part.split("=", 1) for part in combination.split())]

@@ -221,3 +221,21 @@ def test_the_sweep_command_tunes_and_writes_the_tuning_report(
     assert tuning.count("**yes**") == 1 and "train.lr=1e-5" in tuning and "train.lr=3e-3" in tuning
     assert (out / "tuning.png").read_bytes()[:4] == b"\x89PNG"
     assert "Figures: the test split" in (out / "comparison.md").read_text()
+
+
+def test_a_value_chosen_at_the_edge_of_its_grid_is_flagged(tmp_path: Path) -> None:
+    from loraft.report import write_tuning
+    from loraft.sweep import TunedPoint
+
+    def choice(chosen: str, tried: tuple[str, ...] = ("1e-3", "3e-3", "1e-2")) -> TunedPoint:
+        return TunedPoint("", ["train.lr"], [[v] for v in tried], [0.1] * len(tried), [chosen], "eval_loss")
+
+    assert choice("1e-2").edges() == ["the highest train.lr tried"]
+    assert choice("1e-3").edges() == ["the lowest train.lr tried"]
+    assert choice("3e-3").edges() == []
+    assert choice("1e-3", ("1e-3", "1e-2")).edges() == []  # two values: no inside to be in
+    named = TunedPoint("", ["lora.init"], [["gaussian"], ["pissa"], ["olora"]], [0.1] * 3, ["gaussian"], "x")
+    assert named.edges() == []  # not numbers: no order
+    write_tuning([choice("1e-2"), choice("3e-3")], tmp_path)
+    tuning = (tmp_path / "tuning.md").read_text()
+    assert tuning.count("**yes** (the highest train.lr tried)") == 1 and tuning.count("**yes**") == 2

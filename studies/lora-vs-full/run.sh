@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The LoRA-vs-full study end to end (README, "What LoRA bought, measured"): the corpus; two
 # bases (GPT-2 and Llama, recipes/study-base*.yaml); then on each base, for SST-5 and sonnets,
-# every method with its learning rate tuned on the validation split (3 values, one seed each)
+# every method with its learning rate tuned on the validation split (3 or 4 values, one seed each)
 # and 3 seeds at the chosen value; learning curves on SST; the comparisons into studies/.
 # The two bases' work runs side by side, one thread each (PARALLEL=0: one after the other, all
 # threads). Rerunning it skips what is done and resumes what was interrupted. The README tables
@@ -24,17 +24,32 @@ sweep() {  # sweep TASK BASE FAMILY [overrides and flags]: one method's tuned sw
     --out runs/study/$base-$task/$family --data-root "$ROOT"
 }
 
+# Learning rates tried per method and task: four values a factor ~3 apart, placed where a first
+# run with three (full 1e-4..1e-3, LoRA 1e-3..1e-2, ...) chose an edge of its grid: sonnets
+# wanted higher rates for most adapters, SST lower ones for LoRA.
+declare -A LR=(
+  [sst-full]=1e-4,3e-4,1e-3,3e-3 [sonnets-full]=1e-4,3e-4,1e-3,3e-3
+  [sst-lora]=3e-4,1e-3,3e-3,1e-2 [sonnets-lora]=1e-3,3e-3,1e-2,3e-2
+  [sst-rslora]=3e-4,1e-3,3e-3 [sonnets-rslora]=3e-4,1e-3,3e-3,1e-2
+  [sst-dora]=3e-4,1e-3,3e-3,1e-2 [sonnets-dora]=1e-3,3e-3,1e-2,3e-2
+  [sst-pissa]=3e-4,1e-3,3e-3,1e-2 [sonnets-pissa]=3e-4,1e-3,3e-3,1e-2
+  [sst-loraplus]=1e-4,3e-4,1e-3,3e-3 [sonnets-loraplus]=3e-4,1e-3,3e-3
+  [sst-ia3]=3e-3,1e-2,3e-2 [sonnets-ia3]=3e-3,1e-2,3e-2,1e-1
+  [sst-vera]=3e-3,1e-2,3e-2,1e-1 [sonnets-vera]=1e-2,3e-2,1e-1,3e-1
+)
+
 methods() {  # methods TASK BASE: every method of the study, each at its own tuned learning rate
   local task=$1 base=$2 all=lora.target_modules=[all-linear]
-  sweep "$task" "$base" full method=full --tune train.lr=1e-4,3e-4,1e-3 --seeds 3
+  tuned() { echo --tune train.lr=${LR[$task-$1]} --seeds 3; }
+  sweep "$task" "$base" full method=full $(tuned full)
   sweep "$task" "$base" lora --grid lora.r=1,4,16 --grid "lora.target_modules=[attention],[all-linear]" \
-    --tune train.lr=1e-3,3e-3,1e-2 --seeds 3
-  sweep "$task" "$base" rslora lora.r=16 $all lora.use_rslora=true --tune train.lr=3e-4,1e-3,3e-3 --seeds 3
-  sweep "$task" "$base" dora lora.r=4 $all lora.use_dora=true --tune train.lr=1e-3,3e-3,1e-2 --seeds 3
-  sweep "$task" "$base" pissa lora.r=4 $all lora.init=pissa --tune train.lr=1e-4,3e-4,1e-3 --seeds 3
-  sweep "$task" "$base" loraplus lora.r=4 $all lora.plus_lr_ratio=16 --tune train.lr=3e-4,1e-3,3e-3 --seeds 3
-  sweep "$task" "$base" ia3 method=ia3 --tune train.lr=3e-3,1e-2,3e-2 --seeds 3
-  sweep "$task" "$base" vera method=vera --tune train.lr=1e-2,3e-2,1e-1 --seeds 3
+    $(tuned lora)
+  sweep "$task" "$base" rslora lora.r=16 $all lora.use_rslora=true $(tuned rslora)
+  sweep "$task" "$base" dora lora.r=4 $all lora.use_dora=true $(tuned dora)
+  sweep "$task" "$base" pissa lora.r=4 $all lora.init=pissa $(tuned pissa)
+  sweep "$task" "$base" loraplus lora.r=4 $all lora.plus_lr_ratio=16 $(tuned loraplus)
+  sweep "$task" "$base" ia3 method=ia3 $(tuned ia3)
+  sweep "$task" "$base" vera method=vera $(tuned vera)
 }
 
 stream() {  # stream BASE: the base model, then everything fine-tuned from it
@@ -43,9 +58,9 @@ stream() {  # stream BASE: the base model, then everything fine-tuned from it
   methods sst "$base"
   methods sonnets "$base"
   sweep sst "$base" learning-full method=full --grid data.train_size=500,1000 \
-    --tune train.lr=1e-4,3e-4,1e-3 --seeds 1
+    --tune train.lr=${LR[sst-full]} --seeds 1
   sweep sst "$base" learning-lora lora.r=4 lora.target_modules=[all-linear] --grid data.train_size=500,1000 \
-    --tune train.lr=1e-3,3e-3,1e-2 --seeds 1
+    --tune train.lr=${LR[sst-lora]} --seeds 1
 }
 
 if [ "${PARALLEL:-1}" = 1 ]; then
