@@ -339,7 +339,8 @@ def recommendation(comparison: Comparison, margin: str | None = None) -> str:
     sign = 1 if comparison.greater_is_better else -1
     if all(point.baseline for point in comparison.points):
         return "recommendation: none: only full fine-tuning among these, nothing to recommend instead"
-    candidates = [point for point in comparison.points if point.versus_full is not None]
+    # full fine-tuning on fewer examples (a learning curve) is no method to recommend instead
+    candidates = [point for point in comparison.points if point.versus_full and not point.baseline]
     if not candidates:
         return "recommendation: none: no point has per-example values paired with full fine-tuning's"
 
@@ -381,7 +382,10 @@ def table_rows(comparison: Comparison) -> list[dict[str, Any]]:
     rows = []
     metric = comparison.metric
     for point in comparison.points:
-        row: dict[str, Any] = {"point": point.label, "runs": len(point.runs), "baseline": point.baseline}
+        # only the point measured against is "baseline": full fine-tuning on fewer examples
+        # (a learning curve) gets its difference from it like any other point
+        baseline = point is comparison.full
+        row: dict[str, Any] = {"point": point.label, "runs": len(point.runs), "baseline": baseline}
         for key in FIGURES:
             row[key] = point.mean(key)
         row["trainable_params"] = round(row["trainable_params"])  # the same in every seed

@@ -18,7 +18,7 @@ from conftest import RECIPES
 from loraft.cli import run as run_cli
 from loraft.errors import LoraftError
 from loraft.plots import frontier, series_style, write_plots
-from loraft.report import compare_runs, format_comparison, table_rows, write_tables
+from loraft.report import compare_runs, format_comparison, recommendation, table_rows, write_tables
 from loraft.run_dir import RunDirectory
 from loraft.sweep import parse_grid, run_sweep, sweep_points, swept_runs
 
@@ -370,6 +370,12 @@ def test_a_training_size_grid_draws_learning_curves(tiny_model_dir: Path, tmp_pa
         )
     comparison = compare_runs([tmp_path / point.name for point in points])
     assert comparison.full.train_size == 40  # measured against full fine-tuning on the most examples
+    rows = {row["point"]: row for row in table_rows(comparison)}
+    smaller_full = next(row for label, row in rows.items() if label.startswith("full") and "20" in label)
+    assert not smaller_full["baseline"]  # full on 20 examples is measured against full on 40
+    assert smaller_full["eval_loss_minus_full"] is not None
+    assert [row["baseline"] for row in rows.values()].count(True) == 1
+    assert not recommendation(comparison).startswith("recommendation: full")
     assert sorted(point.line for point in comparison.points if point.line) == [
         "lora attention, 20 examples",
         "lora attention, 40 examples",
